@@ -1,0 +1,263 @@
+// Package config reads the one configuration both functions share from the
+// environment and checks all of it at once.
+package config
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// Config is the configuration of the Poller and the Builder. Every field is
+// read from the environment variable named in its tag.
+type Config struct {
+	// HCloudToken is the Hetzner Cloud API token of the project to build in.
+	HCloudToken string `env:"HCLOUD_TOKEN"`
+	// HCloudEndpoint is the API base URL, as the hcloud CLI and Packer read it.
+	HCloudEndpoint string `env:"HCLOUD_ENDPOINT, default=https://api.hetzner.cloud/v1"`
+	// FactoryURL is the Talos Image Factory.
+	FactoryURL string `env:"TALOS_FACTORY_URL, default=https://factory.talos.dev"`
+	// GitHubAPIURL and GitHubToken reach the releases of siderolabs/talos.
+	GitHubAPIURL string `env:"GITHUB_API_URL, default=https://api.github.com/"`
+	GitHubToken  string `env:"GITHUB_TOKEN"`
+
+	// Architectures to build, each with the server types to try in order.
+	Architectures    []string `env:"ARCHITECTURES, default=amd64,arm64"`
+	ServerTypesAMD64 []string `env:"SERVER_TYPES_AMD64, default=cx23,cpx22"`
+	ServerTypesARM64 []string `env:"SERVER_TYPES_ARM64, default=cax11,cax21"`
+	// Locations to build in, in order of preference.
+	Locations []string `env:"LOCATIONS, default=fsn1,nbg1,hel1"`
+
+	// SchematicIDs are Image Factory schematics to build. SchematicYAML is a
+	// customization whose ID the factory computes; when neither is set the
+	// hcloud-k8s default (qemu-guest-agent) is built.
+	SchematicIDs  []string `env:"SCHEMATIC_IDS"`
+	SchematicYAML string   `env:"SCHEMATIC_CUSTOMIZATION"`
+
+	// SnapshotLabels are extra labels put on every snapshot (k=v,k2=v2) and
+	// Cluster an optional cluster=<name> label hcloud-k8s selects on.
+	SnapshotLabels map[string]string `env:"SNAPSHOT_LABELS, separator=="`
+	Cluster        string            `env:"CLUSTER_NAME"`
+
+	// TrackMinors is how many of the newest minor release lines are tracked
+	// (newest patch of each); TrackAllPatches builds every patch of them.
+	TrackMinors     int    `env:"TRACK_MINORS, default=2"`
+	TrackAllPatches bool   `env:"TRACK_ALL_PATCHES, default=false"`
+	Prereleases     bool   `env:"TRACK_PRERELEASES, default=false"`
+	MinVersion      string `env:"MIN_VERSION"`
+	// KeepOthers is how many snapshots beyond the tracked versions are kept
+	// per architecture and schematic.
+	KeepOthers int `env:"RETENTION_KEEP_OTHERS, default=2"`
+
+	// MaxBuildsPerPoll caps how many builds one poll starts.
+	MaxBuildsPerPoll int `env:"MAX_BUILDS_PER_POLL, default=4"`
+	// BuildServerTTL is the age after which a build server is collected.
+	BuildServerTTL time.Duration `env:"BUILD_SERVER_TTL, default=2h"`
+	// BuilderFunctionName is the Lambda function the Poller invokes.
+	BuilderFunctionName string `env:"BUILDER_FUNCTION_NAME"`
+}
+
+// Load reads the configuration from the process environment and validates it.
+func Load(ctx context.Context) (Config, error) {
+	return LoadFrom(ctx, envconfig.OsLookuper())
+}
+
+// LoadFrom reads the configuration through l and validates it.
+func LoadFrom(ctx context.Context, l envconfig.Lookuper) (Config, error) {
+	var c Config
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l}); err != nil {
+		return Config{}, fmt.Errorf("read configuration: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// ServerTypes returns the server types to try for arch, in order.
+func (c Config) ServerTypes(arch string) []string {
+	switch arch {
+	case "amd64":
+		return c.ServerTypesAMD64
+	case "arm64":
+		return c.ServerTypesARM64
+	}
+	return nil
+}
+
+// Schematics returns the configured schematic IDs; the hcloud-k8s default
+// when none is configured and no customization is to be resolved.
+func (c Config) Schematics() []string {
+	if len(c.SchematicIDs) == 0 && c.SchematicYAML == "" {
+		return []string{talos.QemuGuestAgentSchematic}
+	}
+	return c.SchematicIDs
+}
+
+// ValidationError lists every problem of a configuration, one per variable
+// and value.
+type ValidationError struct {
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Validate reports all problems at once, each naming its variable and what
+// it accepts.
+func (c Config) Validate() error {
+	var p []string
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	if c.HCloudToken == "" {
+		add("HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access)")
+	} else if strings.ContainsAny(c.HCloudToken, " \t\r\n") {
+		add("HCLOUD_TOKEN: contains whitespace") // never echo the token itself
+	}
+	for _, u := range []struct{ name, value string }{
+		{"HCLOUD_ENDPOINT", c.HCloudEndpoint},
+		{"TALOS_FACTORY_URL", c.FactoryURL},
+		{"GITHUB_API_URL", c.GitHubAPIURL},
+	} {
+		if msg := checkURL(u.value); msg != "" {
+			add("%s: %q %s", u.name, u.value, msg)
+		}
+	}
+
+	if len(c.Architectures) == 0 {
+		add("ARCHITECTURES: is empty; accepted: amd64, arm64")
+	}
+	for i, a := range c.Architectures {
+		switch {
+		case slices.Index(c.Architectures, a) != i:
+			if talos.ValidArch(a) { // an invalid one is reported once
+				add("ARCHITECTURES: %q is listed twice", a)
+			}
+		case !talos.ValidArch(a):
+			add("ARCHITECTURES: %q is not amd64 or arm64", a)
+		}
+	}
+	for _, st := range []struct {
+		name, arch string
+		types      []string
+	}{
+		{"SERVER_TYPES_AMD64", "amd64", c.ServerTypesAMD64},
+		{"SERVER_TYPES_ARM64", "arm64", c.ServerTypesARM64},
+	} {
+		if len(st.types) == 0 && slices.Contains(c.Architectures, st.arch) {
+			add("%s: is empty but %s is built; e.g. %s", st.name, st.arch, defaultTypes[st.arch])
+		}
+		for _, t := range st.types {
+			if msg := checkServerType(st.arch, t); msg != "" {
+				add("%s: %q %s", st.name, t, msg)
+			}
+		}
+	}
+	if len(c.Locations) == 0 {
+		add("LOCATIONS: is empty; e.g. fsn1,nbg1,hel1")
+	}
+	for _, l := range c.Locations {
+		if !nameRE.MatchString(l) {
+			add("LOCATIONS: %q is not a location name like fsn1", l)
+		}
+	}
+
+	for _, id := range c.SchematicIDs {
+		if !talos.ValidSchematic(id) {
+			add("SCHEMATIC_IDS: %q is not a schematic ID (64 lowercase hex digits)", id)
+		}
+	}
+	if len(c.SchematicYAML) > 64<<10 {
+		add("SCHEMATIC_CUSTOMIZATION: is %d bytes; at most 64 KiB", len(c.SchematicYAML))
+	}
+
+	for k, v := range c.SnapshotLabels {
+		if err := label.Check(k, v); err != nil {
+			add("SNAPSHOT_LABELS: %v", err)
+		}
+		if label.IsReserved(k) {
+			add("SNAPSHOT_LABELS: %q is set by the builder itself; reserved: %s and %s*",
+				k, strings.Join(label.Reserved, ", "), label.OwnPrefix)
+		}
+	}
+	if c.Cluster != "" {
+		if err := label.Check(label.Cluster, c.Cluster); err != nil {
+			add("CLUSTER_NAME: %v", err)
+		}
+	}
+
+	if c.TrackMinors < 1 {
+		add("TRACK_MINORS: %d; at least 1 (the newest minor release line)", c.TrackMinors)
+	}
+	if c.MinVersion != "" {
+		if _, err := talos.ParseVersion(c.MinVersion); err != nil {
+			add("MIN_VERSION: %v", err)
+		}
+	}
+	if c.KeepOthers < 0 {
+		add("RETENTION_KEEP_OTHERS: %d; 0 or more", c.KeepOthers)
+	}
+	if c.MaxBuildsPerPoll < 1 {
+		add("MAX_BUILDS_PER_POLL: %d; at least 1", c.MaxBuildsPerPoll)
+	}
+	if c.BuildServerTTL < 30*time.Minute {
+		add("BUILD_SERVER_TTL: %s; at least 30m (a build takes up to ~20 minutes)", c.BuildServerTTL)
+	}
+	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
+		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)
+	}
+
+	if len(p) > 0 {
+		return &ValidationError{Problems: p}
+	}
+	return nil
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{1,30}$`)
+	// A function name, or a (partial) ARN, optionally with a qualifier.
+	functionRE = regexp.MustCompile(`^(arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:\d{12}:function:)?[a-zA-Z0-9-_]{1,64}(:[a-zA-Z0-9-_$]+)?$`)
+	typeRE     = regexp.MustCompile(`^(cx|cpx|ccx|cax)[0-9]{2,3}$`)
+)
+
+var defaultTypes = map[string]string{"amd64": "cx23,cpx22", "arm64": "cax11,cax21"}
+
+// removedTypes are server types Hetzner no longer sells; asking for one fails
+// with invalid_input at build time, so refuse it now.
+var removedTypes = map[string]bool{"cx11": true, "cx21": true, "cx31": true, "cx41": true, "cx51": true,
+	"cx22": true, "cpx11": true}
+
+func checkServerType(arch, t string) string {
+	switch {
+	case !typeRE.MatchString(t):
+		return "is not a Hetzner server type name like cx23 or cax11"
+	case removedTypes[t]:
+		return "is no longer sold by Hetzner; e.g. " + defaultTypes[arch]
+	case arch == "arm64" && !strings.HasPrefix(t, "cax"):
+		return "is not an Arm64 server type (cax*)"
+	case arch == "amd64" && strings.HasPrefix(t, "cax"):
+		return "is an Arm64 server type; x86 types are cx*, cpx*, ccx*"
+	}
+	return ""
+}
+
+func checkURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "is not an http(s) URL"
+	}
+	if u.User != nil {
+		return "must not carry credentials"
+	}
+	return ""
+}

@@ -1,0 +1,266 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+const schematicA = "1111111111111111111111111111111111111111111111111111111111111111"
+
+func load(t *testing.T, env map[string]string) (Config, error) {
+	t.Helper()
+	return LoadFrom(context.Background(), envconfig.MapLookuper(env))
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := load(t, map[string]string{"HCLOUD_TOKEN": "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		HCloudToken:      "secret",
+		HCloudEndpoint:   "https://api.hetzner.cloud/v1",
+		FactoryURL:       "https://factory.talos.dev",
+		GitHubAPIURL:     "https://api.github.com/",
+		Architectures:    []string{"amd64", "arm64"},
+		ServerTypesAMD64: []string{"cx23", "cpx22"},
+		ServerTypesARM64: []string{"cax11", "cax21"},
+		Locations:        []string{"fsn1", "nbg1", "hel1"},
+		TrackMinors:      2,
+		KeepOthers:       2,
+		MaxBuildsPerPoll: 4,
+		BuildServerTTL:   2 * time.Hour,
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+	if got := c.Schematics(); !reflect.DeepEqual(got, []string{talos.QemuGuestAgentSchematic}) {
+		t.Errorf("default schematics = %v", got)
+	}
+	if got := c.ServerTypes("arm64"); !reflect.DeepEqual(got, []string{"cax11", "cax21"}) {
+		t.Errorf("ServerTypes(arm64) = %v", got)
+	}
+	if got := c.ServerTypes("sparc"); got != nil {
+		t.Errorf("ServerTypes(sparc) = %v", got)
+	}
+}
+
+func TestEveryField(t *testing.T) {
+	env := map[string]string{
+		"HCLOUD_TOKEN":            "tok",
+		"HCLOUD_ENDPOINT":         "http://127.0.0.1:8080/v1",
+		"TALOS_FACTORY_URL":       "http://127.0.0.1:8081",
+		"GITHUB_API_URL":          "http://127.0.0.1:8082/",
+		"GITHUB_TOKEN":            "ghp_x",
+		"ARCHITECTURES":           "arm64",
+		"SERVER_TYPES_AMD64":      "cpx22",
+		"SERVER_TYPES_ARM64":      "cax21,cax11",
+		"LOCATIONS":               "hel1,fsn1",
+		"SCHEMATIC_IDS":           schematicA + "," + talos.VanillaSchematic,
+		"SCHEMATIC_CUSTOMIZATION": "customization: {}\n",
+		"SNAPSHOT_LABELS":         "team=infra,example.com/cost-center=42",
+		"CLUSTER_NAME":            "prod-1",
+		"TRACK_MINORS":            "3",
+		"TRACK_ALL_PATCHES":       "true",
+		"TRACK_PRERELEASES":       "true",
+		"MIN_VERSION":             "v1.12.0",
+		"RETENTION_KEEP_OTHERS":   "0",
+		"MAX_BUILDS_PER_POLL":     "10",
+		"BUILD_SERVER_TTL":        "90m",
+		"BUILDER_FUNCTION_NAME":   "stack-builder",
+	}
+	c, err := load(t, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		HCloudToken:         "tok",
+		HCloudEndpoint:      "http://127.0.0.1:8080/v1",
+		FactoryURL:          "http://127.0.0.1:8081",
+		GitHubAPIURL:        "http://127.0.0.1:8082/",
+		GitHubToken:         "ghp_x",
+		Architectures:       []string{"arm64"},
+		ServerTypesAMD64:    []string{"cpx22"},
+		ServerTypesARM64:    []string{"cax21", "cax11"},
+		Locations:           []string{"hel1", "fsn1"},
+		SchematicIDs:        []string{schematicA, talos.VanillaSchematic},
+		SchematicYAML:       "customization: {}\n",
+		SnapshotLabels:      map[string]string{"team": "infra", "example.com/cost-center": "42"},
+		Cluster:             "prod-1",
+		TrackMinors:         3,
+		TrackAllPatches:     true,
+		Prereleases:         true,
+		MinVersion:          "v1.12.0",
+		KeepOthers:          0,
+		MaxBuildsPerPoll:    10,
+		BuildServerTTL:      90 * time.Minute,
+		BuilderFunctionName: "stack-builder",
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got  %+v\nwant %+v", c, want)
+	}
+	if got := c.Schematics(); !reflect.DeepEqual(got, want.SchematicIDs) {
+		t.Errorf("Schematics() = %v", got)
+	}
+}
+
+func TestRejections(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string // one problem line, exactly
+	}{
+		{"no token", map[string]string{"HCLOUD_TOKEN": ""},
+			"HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access)"},
+		{"token whitespace", map[string]string{"HCLOUD_TOKEN": "abc def"}, "HCLOUD_TOKEN: contains whitespace"},
+		{"endpoint", map[string]string{"HCLOUD_ENDPOINT": "api.hetzner.cloud"},
+			`HCLOUD_ENDPOINT: "api.hetzner.cloud" is not an http(s) URL`},
+		{"factory scheme", map[string]string{"TALOS_FACTORY_URL": "ftp://factory.talos.dev"},
+			`TALOS_FACTORY_URL: "ftp://factory.talos.dev" is not an http(s) URL`},
+		{"github creds", map[string]string{"GITHUB_API_URL": "https://u:p@api.github.com/"},
+			`GITHUB_API_URL: "https://u:p@api.github.com/" must not carry credentials`},
+		{"arch", map[string]string{"ARCHITECTURES": "amd64,sparc"}, `ARCHITECTURES: "sparc" is not amd64 or arm64`},
+		{"arch twice", map[string]string{"ARCHITECTURES": "amd64,amd64"}, `ARCHITECTURES: "amd64" is listed twice`},
+		{"arch empty", map[string]string{"ARCHITECTURES": ","}, `ARCHITECTURES: "" is not amd64 or arm64`},
+		{"type removed", map[string]string{"SERVER_TYPES_AMD64": "cx22"},
+			`SERVER_TYPES_AMD64: "cx22" is no longer sold by Hetzner; e.g. cx23,cpx22`},
+		{"type removed cpx11", map[string]string{"SERVER_TYPES_AMD64": "cpx11"},
+			`SERVER_TYPES_AMD64: "cpx11" is no longer sold by Hetzner; e.g. cx23,cpx22`},
+		{"type arm on amd", map[string]string{"SERVER_TYPES_AMD64": "cax11"},
+			`SERVER_TYPES_AMD64: "cax11" is an Arm64 server type; x86 types are cx*, cpx*, ccx*`},
+		{"type amd on arm", map[string]string{"SERVER_TYPES_ARM64": "cx23"},
+			`SERVER_TYPES_ARM64: "cx23" is not an Arm64 server type (cax*)`},
+		{"type garbage", map[string]string{"SERVER_TYPES_ARM64": "big;rm"},
+			`SERVER_TYPES_ARM64: "big;rm" is not a Hetzner server type name like cx23 or cax11`},
+		{"types empty for built arch", map[string]string{"ARCHITECTURES": "arm64", "SERVER_TYPES_ARM64": ""},
+			"SERVER_TYPES_ARM64: is empty but arm64 is built; e.g. cax11,cax21"},
+		{"location", map[string]string{"LOCATIONS": "fsn1,Falkenstein 1"},
+			`LOCATIONS: "Falkenstein 1" is not a location name like fsn1`},
+		{"locations empty", map[string]string{"LOCATIONS": ""}, "LOCATIONS: is empty; e.g. fsn1,nbg1,hel1"},
+		{"schematic upper", map[string]string{"SCHEMATIC_IDS": strings.ToUpper(schematicA[:60]) + "ABCD"},
+			`SCHEMATIC_IDS: "` + strings.ToUpper(schematicA[:60]) + `ABCD" is not a schematic ID (64 lowercase hex digits)`},
+		{"schematic short", map[string]string{"SCHEMATIC_IDS": "abc"},
+			`SCHEMATIC_IDS: "abc" is not a schematic ID (64 lowercase hex digits)`},
+		{"customization too big", map[string]string{"SCHEMATIC_CUSTOMIZATION": strings.Repeat("x", 65<<10)},
+			"SCHEMATIC_CUSTOMIZATION: is 66560 bytes; at most 64 KiB"},
+		{"label value", map[string]string{"SNAPSHOT_LABELS": "team=in fra"},
+			"SNAPSHOT_LABELS: label team=in fra: label value 'in fra' (key: team) is not correctly formatted; " +
+				"keys are [prefix/]name with name ≤ 63 characters, values ≤ 63 characters, alphanumeric with -_. inside"},
+		{"label hetzner prefix", map[string]string{"SNAPSHOT_LABELS": "hetzner.cloud/x=1"},
+			`SNAPSHOT_LABELS: label key "hetzner.cloud/x": the prefix hetzner.cloud/ is reserved by Hetzner`},
+		{"label reserved", map[string]string{"SNAPSHOT_LABELS": "os=linux"},
+			`SNAPSHOT_LABELS: "os" is set by the builder itself; reserved: os, talos_version, talos_schematic_id, version, arch, cluster and hcloud-k8s.io/*`},
+		{"label own prefix", map[string]string{"SNAPSHOT_LABELS": "hcloud-k8s.io/step=x"},
+			`SNAPSHOT_LABELS: "hcloud-k8s.io/step" is set by the builder itself; reserved: os, talos_version, talos_schematic_id, version, arch, cluster and hcloud-k8s.io/*`},
+		{"cluster", map[string]string{"CLUSTER_NAME": "-prod"},
+			"CLUSTER_NAME: label cluster=-prod: label value '-prod' (key: cluster) is not correctly formatted; " +
+				"keys are [prefix/]name with name ≤ 63 characters, values ≤ 63 characters, alphanumeric with -_. inside"},
+		{"minors", map[string]string{"TRACK_MINORS": "0"}, "TRACK_MINORS: 0; at least 1 (the newest minor release line)"},
+		{"min version", map[string]string{"MIN_VERSION": "1.12"},
+			`MIN_VERSION: "1.12" is not a version like v1.13.9 or v1.14.0-beta.1`},
+		{"keep", map[string]string{"RETENTION_KEEP_OTHERS": "-1"}, "RETENTION_KEEP_OTHERS: -1; 0 or more"},
+		{"max builds", map[string]string{"MAX_BUILDS_PER_POLL": "0"}, "MAX_BUILDS_PER_POLL: 0; at least 1"},
+		{"ttl", map[string]string{"BUILD_SERVER_TTL": "5m"},
+			"BUILD_SERVER_TTL: 5m0s; at least 30m (a build takes up to ~20 minutes)"},
+		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
+			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"HCLOUD_TOKEN": "tok"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			_, err := load(t, env)
+			var verr *ValidationError
+			if !errors.As(err, &verr) {
+				t.Fatalf("err = %v, want *ValidationError", err)
+			}
+			if len(verr.Problems) != 1 || verr.Problems[0] != tt.want {
+				t.Errorf("problems = %q\nwant [%q]", verr.Problems, tt.want)
+			}
+		})
+	}
+}
+
+func TestAllProblemsAtOnce(t *testing.T) {
+	_, err := load(t, map[string]string{
+		"ARCHITECTURES":       "sparc",
+		"MAX_BUILDS_PER_POLL": "0",
+		"LOCATIONS":           "",
+	})
+	var verr *ValidationError
+	if !errors.As(err, &verr) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, v := range []string{"HCLOUD_TOKEN:", "ARCHITECTURES:", "MAX_BUILDS_PER_POLL:", "LOCATIONS:"} {
+		if !strings.Contains(err.Error(), "\n  "+v) {
+			t.Errorf("error lacks %s:\n%v", v, err)
+		}
+	}
+	if len(verr.Problems) != 4 {
+		t.Errorf("%d problems, want 4: %q", len(verr.Problems), verr.Problems)
+	}
+}
+
+func TestTokenNeverInErrors(t *testing.T) {
+	const token = "s3cr3t-token with space"
+	_, err := load(t, map[string]string{"HCLOUD_TOKEN": token, "TRACK_MINORS": "x"})
+	if err == nil {
+		t.Fatal("want error")
+	}
+	_, err2 := load(t, map[string]string{"HCLOUD_TOKEN": token})
+	for _, e := range []error{err, err2} {
+		if e != nil && strings.Contains(e.Error(), "s3cr3t") {
+			t.Errorf("error leaks the token: %v", e)
+		}
+	}
+}
+
+func TestAcceptedValues(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+	}{
+		{"arn function", map[string]string{"BUILDER_FUNCTION_NAME": "arn:aws:lambda:eu-central-1:123456789012:function:s-builder"}},
+		{"qualified function", map[string]string{"BUILDER_FUNCTION_NAME": "s-builder:$LATEST"}},
+		{"dedicated x86", map[string]string{"SERVER_TYPES_AMD64": "ccx13"}},
+		{"no arm types when arm not built", map[string]string{"ARCHITECTURES": "amd64", "SERVER_TYPES_ARM64": ""}},
+		{"empty label value", map[string]string{"SNAPSHOT_LABELS": "pinned="}},
+		{"prerelease minimum", map[string]string{"MIN_VERSION": "v1.14.0-alpha.0"}},
+		{"customization only", map[string]string{"SCHEMATIC_CUSTOMIZATION": "customization: {}"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"HCLOUD_TOKEN": "tok"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			if _, err := load(t, env); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestMalformedNumbersAreReadErrors(t *testing.T) {
+	for _, env := range []map[string]string{
+		{"TRACK_MINORS": "two"},
+		{"BUILD_SERVER_TTL": "2 hours"},
+		{"TRACK_PRERELEASES": "maybe"},
+	} {
+		env["HCLOUD_TOKEN"] = "tok"
+		_, err := load(t, env)
+		if err == nil || !strings.HasPrefix(err.Error(), "read configuration:") {
+			t.Errorf("%v: err = %v", env, err)
+		}
+	}
+}

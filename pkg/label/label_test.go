@@ -1,0 +1,50 @@
+package label
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		key, value string
+		ok         bool
+	}{
+		{"os", "talos", true},
+		{"talos_schematic_id", "ce4c980550dd2ab1b17bbf2b08801c7e", true},
+		{"talos_version", "v1.14.0-beta.1", true},
+		{"example.com/team", "infra", true},
+		{Managed, ManagedValue, true},
+		{"pinned", "", true},
+		{"a", strings.Repeat("x", 63), true},
+		{"a", strings.Repeat("x", 64), false},
+		{strings.Repeat("k", 63), "v", true},
+		{strings.Repeat("k", 64), "v", false},
+		{"team", "in fra", false},
+		{"team", "-infra", false},
+		{"team", "infra.", false},
+		{"-team", "x", false},
+		{"", "x", false},
+		{"hetzner.cloud/x", "1", false},
+		{"a/b/c", "1", false},
+		{"team", "ü", false},
+	}
+	for _, tt := range tests {
+		err := Check(tt.key, tt.value)
+		if (err == nil) != tt.ok {
+			t.Errorf("Check(%q, %q) = %v, want ok=%v", tt.key, tt.value, err, tt.ok)
+		}
+	}
+}
+
+func TestIsReserved(t *testing.T) {
+	for key, want := range map[string]bool{
+		"os": true, "arch": true, "version": true, "cluster": true, "talos_version": true,
+		"talos_schematic_id": true, Managed: true, OwnPrefix + "step": true,
+		"team": false, "example.com/os": false, "osx": false,
+	} {
+		if got := IsReserved(key); got != want {
+			t.Errorf("IsReserved(%q) = %v, want %v", key, got, want)
+		}
+	}
+}
