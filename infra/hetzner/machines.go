@@ -6,7 +6,9 @@ package hetzner
 // power requests back through Cloud.GuestPower.
 type Machines interface {
 	// Create allocates the disk of a new server and returns the public IPv4
-	// address (a loopback address) the server is reached at.
+	// address (a loopback address) the server is reached at. The cloud calls
+	// it with its state locked, so it must not call back into the Cloud; the
+	// other methods are called without that lock.
 	Create(id int64, diskBytes int64) (ipv4 string, err error)
 	// Boot powers the server on. With rescue non-nil it boots the rescue
 	// system, which accepts root logins with rescue.AuthorizedKeys on

@@ -1,0 +1,139 @@
+package hetzner
+
+import (
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+)
+
+// Fault is an error answer the cloud can inject.
+type Fault struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (f Fault) err() *apiError { return &apiError{f.Status, f.Code, f.Message, nil} }
+
+// Faults Hetzner answers under load. hcloud-go v2.52 retries rate_limit_exceeded,
+// bad_gateway and timeout (and bare 502/504), but not unavailable.
+var (
+	FaultRateLimitExceeded = Fault{http.StatusTooManyRequests, "rate_limit_exceeded", "limit of requests per hour reached"}
+	FaultUnavailable       = Fault{http.StatusServiceUnavailable, "unavailable", "the service is currently not available"}
+	FaultBadGateway        = Fault{http.StatusBadGateway, "bad_gateway", "the request could not be answered by the API backend, please retry"}
+	FaultTimeout           = Fault{http.StatusGatewayTimeout, "timeout", "the request could not be answered in time, please retry"}
+)
+
+// Placement is a server type in a location.
+type Placement struct {
+	ServerType string
+	Location   string
+}
+
+// Faults are the failures the cloud injects; the zero value injects none.
+// Rates are probabilities from 0 to 1, drawn from the seeded generator.
+type Faults struct {
+	// Transient is the rate of API requests answered with one of
+	// TransientErrors before they touch any state, so retrying is safe.
+	Transient float64
+	// TransientErrors are picked from at random; empty means 429
+	// rate_limit_exceeded, 502 bad_gateway and 503 unavailable.
+	TransientErrors []Fault
+	// Locked is the rate of server action requests answered 423 locked.
+	Locked float64
+	// FailAfterCommit is the rate of successful POST /servers answered with
+	// FailAfterCommitError although the server was created, as when a
+	// response is lost: a client retrying gets uniqueness_error.
+	FailAfterCommit float64
+	// FailAfterCommitError defaults to 502 bad_gateway.
+	FailAfterCommitError Fault
+	// Unavailable server types and locations fail creation with 412
+	// resource_unavailable ("error during placement").
+	Unavailable []Placement
+	// FailActions maps the command of a server action (start_server,
+	// create_image, ...) to the rate of its actions that end in error
+	// without effect.
+	FailActions map[string]float64
+}
+
+func (f Faults) clone() Faults {
+	f.TransientErrors = slices.Clone(f.TransientErrors)
+	f.Unavailable = slices.Clone(f.Unavailable)
+	f.FailActions = maps.Clone(f.FailActions)
+	return f
+}
+
+// faultState holds the knobs and the generator deciding them.
+type faultState struct {
+	mu     sync.Mutex
+	faults Faults
+	rng    *rand.Rand
+}
+
+func (s *faultState) get() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults.clone()
+}
+
+func (s *faultState) set(f Faults) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = f.clone()
+}
+
+// hit draws once against rate; a zero rate draws nothing so that enabling
+// one fault does not shift the sequence of another.
+func (s *faultState) hit(rate float64) bool {
+	return rate > 0 && s.rng.Float64() < rate
+}
+
+func (s *faultState) transient() (Fault, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hit(s.faults.Transient) {
+		return Fault{}, false
+	}
+	kinds := s.faults.TransientErrors
+	if len(kinds) == 0 {
+		kinds = []Fault{FaultRateLimitExceeded, FaultBadGateway, FaultUnavailable}
+	}
+	return kinds[s.rng.IntN(len(kinds))], true
+}
+
+func (s *faultState) locked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hit(s.faults.Locked)
+}
+
+func (s *faultState) failAfterCommit() (Fault, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hit(s.faults.FailAfterCommit) {
+		return Fault{}, false
+	}
+	if s.faults.FailAfterCommitError.Status == 0 {
+		return FaultBadGateway, true
+	}
+	return s.faults.FailAfterCommitError, true
+}
+
+func (s *faultState) unavailable(p Placement) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.faults.Unavailable, p)
+}
+
+func (s *faultState) failAction(command string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hit(s.faults.FailActions[command])
+}
+
+// newRand returns the fault generator for seed.
+func newRand(seed uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+}

@@ -1,0 +1,164 @@
+package hetzner
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+)
+
+// With a fifth of all requests failing transiently, a client with retries
+// still gets through, and the log shows what it retried.
+func TestTransientFaultsAreRetried(t *testing.T) {
+	e := newEnv(t, Options{Seed: 7, Faults: Faults{
+		Transient:       0.2,
+		TransientErrors: []Fault{FaultRateLimitExceeded, FaultBadGateway, FaultTimeout},
+	}})
+	client := newClient(e.url, DefaultToken, 10)
+	key, _, err := client.SSHKey.Create(ctx(t), hcloud.SSHKeyCreateOpts{Name: "k", PublicKey: newPublicKey(t)})
+	if err != nil {
+		t.Fatalf("create key: %v", err)
+	}
+	for i := range 10 {
+		res, _, err := client.Server.Create(ctx(t), hcloud.ServerCreateOpts{
+			Name: "box-" + strconv.Itoa(i), ServerType: &hcloud.ServerType{Name: "cx23"},
+			Image: &hcloud.Image{Name: "debian-12"}, SSHKeys: []*hcloud.SSHKey{key},
+		})
+		if err != nil {
+			t.Fatalf("create %d: %v", i, err)
+		}
+		if err := client.Action.WaitFor(ctx(t), append(res.NextActions, res.Action)...); err != nil {
+			t.Fatalf("wait %d: %v", i, err)
+		}
+	}
+	if n := len(e.cloud.Servers()); n != 10 {
+		t.Fatalf("%d servers, want 10 (no duplicates from retries)", n)
+	}
+	reqs := e.cloud.Requests()
+	failed := map[int]int{}
+	for i, r := range reqs {
+		if r.Status < 400 {
+			continue
+		}
+		failed[r.Status]++
+		if !slices.ContainsFunc(reqs[i+1:], func(later Request) bool {
+			return later.Method == r.Method && later.Path == r.Path && later.Query == r.Query
+		}) {
+			t.Errorf("failed request %s %s?%s was not retried", r.Method, r.Path, r.Query)
+		}
+	}
+	if failed[429] == 0 || failed[502] == 0 || failed[504] == 0 {
+		t.Fatalf("failed requests by status = %v, want 429, 502 and 504 among them", failed)
+	}
+}
+
+// hcloud-go v2.52 does not retry 503 unavailable: callers must.
+func TestUnavailableIsNotRetriedByHcloudGo(t *testing.T) {
+	e := newEnv(t, Options{Faults: Faults{Transient: 1, TransientErrors: []Fault{FaultUnavailable}}})
+	_, _, err := e.client.Server.List(ctx(t), hcloud.ServerListOpts{})
+	wantAPIError(t, err, "unavailable", http.StatusServiceUnavailable)
+	if n := e.cloud.CountRequests("GET", "/v1/servers"); n != 1 {
+		t.Fatalf("%d requests, want 1", n)
+	}
+}
+
+func TestFailAfterCommitThenUniqueness(t *testing.T) {
+	e := newEnv(t, Options{Faults: Faults{FailAfterCommit: 1}})
+	opts := hcloud.ServerCreateOpts{
+		Name: "talos-build", ServerType: &hcloud.ServerType{Name: "cx23"}, Image: &hcloud.Image{Name: "debian-12"},
+	}
+	_, _, err := e.client.Server.Create(ctx(t), opts)
+	wantAPIError(t, err, hcloud.ErrorCodeUniquenessError, http.StatusConflict)
+	reqs := e.cloud.Requests()
+	if len(reqs) != 2 || reqs[0].Status != http.StatusBadGateway || reqs[1].Status != http.StatusConflict {
+		t.Fatalf("requests = %+v, want a 502 then a 409", reqs)
+	}
+	// The creator adopts the server its lost request made.
+	srv, _, err := e.client.Server.GetByName(ctx(t), "talos-build")
+	if err != nil || srv == nil {
+		t.Fatalf("adopt: %v, %v", srv, err)
+	}
+	if n := len(e.cloud.Servers()); n != 1 {
+		t.Fatalf("%d servers, want 1", n)
+	}
+
+	e.cloud.SetFaults(Faults{FailAfterCommit: 1, FailAfterCommitError: FaultTimeout})
+	opts.Name = "second"
+	noRetry := newClient(e.url, DefaultToken, 0)
+	_, _, err = noRetry.Server.Create(ctx(t), opts)
+	wantAPIError(t, err, hcloud.ErrorCodeTimeout, http.StatusGatewayTimeout)
+	if _, ok := findServer(e.cloud, "second"); !ok {
+		t.Fatal("server not committed before the timeout answer")
+	}
+}
+
+func findServer(c *Cloud, name string) (Server, bool) {
+	for _, s := range c.Servers() {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Server{}, false
+}
+
+func TestLockedFault(t *testing.T) {
+	e := newEnv(t, Options{})
+	srv := e.createServer(t, hcloud.ServerCreateOpts{Name: "box"})
+	e.cloud.SetFaults(Faults{Locked: 1})
+	_, _, err := e.client.Server.Poweroff(ctx(t), srv)
+	wantAPIError(t, err, hcloud.ErrorCodeLocked, http.StatusLocked)
+	if s := e.getServer(t, srv.ID); s.Status != hcloud.ServerStatusRunning {
+		t.Fatalf("status %s after a locked poweroff", s.Status)
+	}
+	e.cloud.SetFaults(Faults{})
+	a, _, err := e.client.Server.Poweroff(ctx(t), srv)
+	e.wait(t, a, err)
+}
+
+func TestFailActions(t *testing.T) {
+	e := newEnv(t, Options{Faults: Faults{FailActions: map[string]float64{"create_image": 1}}})
+	srv := e.createServer(t, hcloud.ServerCreateOpts{Name: "box"})
+	res, _, err := e.client.Server.CreateImage(ctx(t), srv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.client.Action.WaitFor(ctx(t), res.Action)
+	var actionErr hcloud.ActionError
+	if !errors.As(err, &actionErr) || actionErr.Code != "action_failed" {
+		t.Fatalf("wait = %v, want action_failed", err)
+	}
+	if _, ok := e.cloud.Image(res.Image.ID); ok {
+		t.Fatal("failed snapshot kept")
+	}
+	if hasOp(e.machines.ops(srv.ID), "digest") {
+		t.Fatal("failed create_image read the disk")
+	}
+}
+
+func TestAuthAndRateLimitHeaders(t *testing.T) {
+	e := newEnv(t, Options{RateLimit: 3, EnforceRateLimit: true})
+	_, _, err := newClient(e.url, "wrong", 0).Server.List(ctx(t), hcloud.ServerListOpts{})
+	wantAPIError(t, err, hcloud.ErrorCodeUnauthorized, http.StatusUnauthorized)
+	resp, err := http.Get(e.url + "/servers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", resp.StatusCode)
+	}
+
+	_, r, err := e.client.Server.List(ctx(t), hcloud.ServerListOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Meta.Ratelimit.Limit != 3 || r.Meta.Ratelimit.Remaining != 0 || !r.Meta.Ratelimit.Reset.After(time.Now()) {
+		t.Fatalf("rate limit = %+v", r.Meta.Ratelimit)
+	}
+	_, _, err = newClient(e.url, DefaultToken, 0).Server.List(ctx(t), hcloud.ServerListOpts{})
+	wantAPIError(t, err, hcloud.ErrorCodeRateLimitExceeded, http.StatusTooManyRequests)
+}
