@@ -1,0 +1,153 @@
+// Package build turns a build request into labelled Talos snapshots on
+// Hetzner Cloud, in short steps whose checkpoint is the build server's own
+// labels: every step checks the cloud's real state before it acts, so any
+// invocation can pick up where another stopped.
+package build
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// Cloud is what the builder needs of the Hetzner project; *cloud.Client.
+type Cloud interface {
+	ServerByName(ctx context.Context, name string) (*hcloud.Server, error)
+	CreateServer(ctx context.Context, o cloud.CreateServerOpts) (*hcloud.Server, error)
+	SetServerLabels(ctx context.Context, s *hcloud.Server, labels map[string]string) error
+	DeleteServer(ctx context.Context, s *hcloud.Server) error
+	EnableRescue(ctx context.Context, s *hcloud.Server, key *hcloud.SSHKey) error
+	Boot(ctx context.Context, s *hcloud.Server) error
+	PowerOff(ctx context.Context, s *hcloud.Server) error
+	CreateSnapshot(ctx context.Context, s *hcloud.Server, description string, labels map[string]string) (*hcloud.Image, error)
+	Image(ctx context.Context, id int64) (*hcloud.Image, error)
+	Snapshots(ctx context.Context, selector string) ([]*hcloud.Image, error)
+	DeleteImage(ctx context.Context, img *hcloud.Image) error
+	CreateSSHKey(ctx context.Context, name, publicKey string, labels map[string]string) (*hcloud.SSHKey, error)
+	SSHKeyByName(ctx context.Context, name string) (*hcloud.SSHKey, error)
+	SetSSHKeyLabels(ctx context.Context, k *hcloud.SSHKey, labels map[string]string) error
+	DeleteSSHKey(ctx context.Context, k *hcloud.SSHKey) error
+}
+
+// Factory finds a target's disk image; *talos.Factory.
+type Factory interface {
+	Find(ctx context.Context, schematic, version, arch string) (talos.Image, error)
+}
+
+// Remote runs commands on the rescue system; *ssh.Client.
+type Remote interface {
+	Run(ctx context.Context, cmd string, stdout io.Writer) error
+	Close() error
+}
+
+// DialFunc connects to a rescue system at addr (host:port) as root.
+type DialFunc func(ctx context.Context, addr string, key *ssh.Key, log *slog.Logger) (Remote, error)
+
+// Continuer has the build go on in a fresh invocation: in Lambda an
+// asynchronous invoke of the Builder itself.
+type Continuer interface {
+	Continue(ctx context.Context, r Request) error
+}
+
+// Options are the builder's settings; config.Config supplies them.
+type Options struct {
+	Architectures []string            // accepted architectures, all built when a request names none
+	Schematics    []string            // built when a request names none
+	ServerTypes   map[string][]string // per architecture, in order of preference
+	Locations     []string            // in order of preference
+	Cluster       string              // optional cluster label value
+	Labels        map[string]string   // extra snapshot labels
+	ServerImage   string              // system image the server is created with; default debian-12
+	SSHPort       int                 // default 22
+
+	// StepTimeout bounds the short steps and InstallTimeout the install
+	// (rescue boot, SSH patience, write, verify). Before a step the builder
+	// needs that much time left, or it continues in a new invocation.
+	StepTimeout    time.Duration // default 1m
+	InstallTimeout time.Duration // default 8m
+	// SnapshotWait is how long one invocation polls a creating snapshot
+	// before it hands over to the next; default 2m.
+	SnapshotWait time.Duration
+	// LeaseTTL is how long a lease outlives its last renewal, so that a
+	// crashed invocation blocks others only briefly; default 90s.
+	LeaseTTL time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.ServerImage == "" {
+		o.ServerImage = "debian-12"
+	}
+	if o.SSHPort == 0 {
+		o.SSHPort = 22
+	}
+	if o.StepTimeout <= 0 {
+		o.StepTimeout = time.Minute
+	}
+	if o.InstallTimeout <= 0 {
+		o.InstallTimeout = 8 * time.Minute
+	}
+	if o.SnapshotWait <= 0 {
+		o.SnapshotWait = 2 * time.Minute
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 90 * time.Second
+	}
+}
+
+// Builder builds snapshots.
+type Builder struct {
+	cloud    Cloud
+	factory  Factory
+	dial     DialFunc
+	cont     Continuer // nil: the caller loops on in_progress
+	opts     Options
+	log      *slog.Logger
+	now      func() time.Time
+	owner    func(ctx context.Context) string
+	newKey   func() (*ssh.Key, error)
+	pollWait time.Duration
+}
+
+// Deps are the builder's collaborators.
+type Deps struct {
+	Cloud     Cloud
+	Factory   Factory
+	Dial      DialFunc
+	Continuer Continuer // nil outside Lambda
+	Logger    *slog.Logger
+	// Owner names the invocation in leases (Lambda's request id); default a
+	// random id per call.
+	Owner func(ctx context.Context) string
+}
+
+// New returns a Builder.
+func New(d Deps, o Options) *Builder {
+	o.setDefaults()
+	b := &Builder{
+		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, cont: d.Continuer, opts: o,
+		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: time.Second,
+	}
+	if b.log == nil {
+		b.log = slog.Default()
+	}
+	if b.dial == nil {
+		b.dial = DialSSH
+	}
+	if b.owner == nil {
+		b.owner = func(context.Context) string { return randomID() }
+	}
+	return b
+}
+
+// DialSSH dials with pkg/ssh: patient while the rescue system boots, host
+// key pinned for the connection's phase.
+func DialSSH(ctx context.Context, addr string, key *ssh.Key, log *slog.Logger) (Remote, error) {
+	return (&ssh.Dialer{Key: key, Addr: addr, Logger: log}).Dial(ctx)
+}

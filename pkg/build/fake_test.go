@@ -1,0 +1,359 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// fakeCloud is an in-memory project for unit tests of the step machine.
+// The end-to-end tests run the real client against infra/hetzner.
+type fakeCloud struct {
+	mu      sync.Mutex
+	nextID  int64
+	servers map[int64]*hcloud.Server
+	keys    map[int64]*hcloud.SSHKey
+	images  map[int64]*hcloud.Image
+	calls   []string
+	// noCapacity lists "type/location" pairs that fail with resource_unavailable.
+	noCapacity map[string]bool
+	// snapshotsReadyAfter is how many Image calls see a snapshot "creating".
+	snapshotsReadyAfter int
+	imagePolls          map[int64]int
+	failOn              map[string]error
+}
+
+func newFakeCloud() *fakeCloud {
+	return &fakeCloud{nextID: 100, servers: map[int64]*hcloud.Server{}, keys: map[int64]*hcloud.SSHKey{},
+		images: map[int64]*hcloud.Image{}, noCapacity: map[string]bool{}, imagePolls: map[int64]int{},
+		failOn: map[string]error{}}
+}
+
+func (f *fakeCloud) call(name string) error {
+	f.calls = append(f.calls, name)
+	return f.failOn[name]
+}
+
+func (f *fakeCloud) id() int64 { f.nextID++; return f.nextID }
+
+func (f *fakeCloud) ServerByName(_ context.Context, name string) (*hcloud.Server, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("ServerByName"); err != nil {
+		return nil, err
+	}
+	for _, s := range f.servers {
+		if s.Name == name {
+			c := *s
+			c.Labels = maps.Clone(s.Labels)
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+func (f *fakeCloud) CreateServer(_ context.Context, o cloud.CreateServerOpts) (*hcloud.Server, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("CreateServer"); err != nil {
+		return nil, err
+	}
+	if f.noCapacity[o.ServerType+"/"+o.Location] {
+		return nil, hcloud.Error{Code: hcloud.ErrorCodeResourceUnavailable, Message: "error during placement"}
+	}
+	for _, s := range f.servers {
+		if s.Name == o.Name {
+			return nil, hcloud.Error{Code: hcloud.ErrorCodeUniquenessError, Message: "server name is already used"}
+		}
+	}
+	id := f.id()
+	s := &hcloud.Server{ID: id, Name: o.Name, Status: hcloud.ServerStatusOff, Labels: maps.Clone(o.Labels),
+		ServerType: &hcloud.ServerType{Name: o.ServerType}, Location: &hcloud.Location{Name: o.Location},
+		PublicNet: hcloud.ServerPublicNet{IPv4: hcloud.ServerPublicNetIPv4{IP: net.IPv4(127, 0, 0, 1)}}}
+	f.servers[id] = s
+	c := *s
+	return &c, nil
+}
+
+func (f *fakeCloud) SetServerLabels(_ context.Context, s *hcloud.Server, labels map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("SetServerLabels:" + labels[labelStep]); err != nil {
+		return err
+	}
+	if cur := f.servers[s.ID]; cur != nil {
+		cur.Labels = maps.Clone(labels)
+	}
+	s.Labels = labels
+	return nil
+}
+
+func (f *fakeCloud) DeleteServer(_ context.Context, s *hcloud.Server) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("DeleteServer"); err != nil {
+		return err
+	}
+	delete(f.servers, s.ID)
+	return nil
+}
+
+func (f *fakeCloud) EnableRescue(_ context.Context, s *hcloud.Server, k *hcloud.SSHKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.keys[k.ID] == nil {
+		return fmt.Errorf("enable rescue: key %d does not exist", k.ID)
+	}
+	return f.call("EnableRescue")
+}
+
+func (f *fakeCloud) Boot(_ context.Context, s *hcloud.Server) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("Boot"); err != nil {
+		return err
+	}
+	f.servers[s.ID].Status = hcloud.ServerStatusRunning
+	s.Status = hcloud.ServerStatusRunning
+	return nil
+}
+
+func (f *fakeCloud) PowerOff(_ context.Context, s *hcloud.Server) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("PowerOff"); err != nil {
+		return err
+	}
+	f.servers[s.ID].Status = hcloud.ServerStatusOff
+	s.Status = hcloud.ServerStatusOff
+	return nil
+}
+
+func (f *fakeCloud) CreateSnapshot(_ context.Context, s *hcloud.Server, desc string, labels map[string]string) (*hcloud.Image, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("CreateSnapshot"); err != nil {
+		return nil, err
+	}
+	img := &hcloud.Image{ID: f.id(), Type: hcloud.ImageTypeSnapshot, Status: hcloud.ImageStatusCreating,
+		Description: desc, Labels: maps.Clone(labels), Created: time.Now()}
+	f.images[img.ID] = img
+	c := *img
+	return &c, nil
+}
+
+func (f *fakeCloud) Image(_ context.Context, id int64) (*hcloud.Image, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("Image"); err != nil {
+		return nil, err
+	}
+	img := f.images[id]
+	if img == nil {
+		return nil, nil
+	}
+	f.imagePolls[id]++
+	if img.Status == hcloud.ImageStatusCreating && f.imagePolls[id] > f.snapshotsReadyAfter {
+		img.Status = hcloud.ImageStatusAvailable
+	}
+	c := *img
+	return &c, nil
+}
+
+func (f *fakeCloud) Snapshots(_ context.Context, selector string) ([]*hcloud.Image, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("Snapshots"); err != nil {
+		return nil, err
+	}
+	var out []*hcloud.Image
+	for _, img := range f.images {
+		if matches(img.Labels, selector) {
+			c := *img
+			out = append(out, &c)
+		}
+	}
+	return out, nil
+}
+
+// matches understands the k=v and !k terms the builder uses.
+func matches(labels map[string]string, selector string) bool {
+	for _, term := range strings.Split(selector, ",") {
+		if k, ok := strings.CutPrefix(term, "!"); ok {
+			if _, has := labels[k]; has {
+				return false
+			}
+			continue
+		}
+		k, v, _ := strings.Cut(term, "=")
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fakeCloud) DeleteImage(_ context.Context, img *hcloud.Image) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("DeleteImage"); err != nil {
+		return err
+	}
+	delete(f.images, img.ID)
+	return nil
+}
+
+func (f *fakeCloud) CreateSSHKey(_ context.Context, name, pub string, labels map[string]string) (*hcloud.SSHKey, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("CreateSSHKey"); err != nil {
+		return nil, err
+	}
+	for _, k := range f.keys {
+		if k.Name == name {
+			return nil, hcloud.Error{Code: hcloud.ErrorCodeUniquenessError, Message: "SSH key with the same name already exists"}
+		}
+	}
+	k := &hcloud.SSHKey{ID: f.id(), Name: name, PublicKey: pub, Labels: maps.Clone(labels)}
+	f.keys[k.ID] = k
+	c := *k
+	return &c, nil
+}
+
+func (f *fakeCloud) SSHKeyByName(_ context.Context, name string) (*hcloud.SSHKey, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("SSHKeyByName"); err != nil {
+		return nil, err
+	}
+	for _, k := range f.keys {
+		if k.Name == name {
+			c := *k
+			c.Labels = maps.Clone(k.Labels)
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+func (f *fakeCloud) SetSSHKeyLabels(_ context.Context, k *hcloud.SSHKey, labels map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("SetSSHKeyLabels"); err != nil {
+		return err
+	}
+	if cur := f.keys[k.ID]; cur != nil {
+		cur.Labels = maps.Clone(labels)
+	}
+	return nil
+}
+
+func (f *fakeCloud) DeleteSSHKey(_ context.Context, k *hcloud.SSHKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("DeleteSSHKey"); err != nil {
+		return err
+	}
+	delete(f.keys, k.ID)
+	return nil
+}
+
+func (f *fakeCloud) counts() (servers, keys, images int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.servers), len(f.keys), len(f.images)
+}
+
+func (f *fakeCloud) callLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.calls...)
+}
+
+// fakeFactory serves every target whose version is in versions.
+type fakeFactory struct{ versions map[string]bool }
+
+func (f fakeFactory) Find(_ context.Context, schematic, version, arch string) (talos.Image, error) {
+	if !f.versions[version] {
+		return talos.Image{}, &talos.NotAvailableError{Version: version, Arch: arch, Schematic: schematic}
+	}
+	return talos.Image{URL: "http://127.0.0.1:1/image/" + schematic + "/" + version + "/hcloud-" + arch + ".raw.zst",
+		Compression: talos.Zstd, Size: 100}, nil
+}
+
+// fakeRemote answers the install script and the partition table query.
+type fakeRemote struct {
+	mu       sync.Mutex
+	commands []string
+	failRun  error
+	table    string
+}
+
+func (r *fakeRemote) Run(_ context.Context, cmd string, stdout io.Writer) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.commands = append(r.commands, cmd)
+	if cmd == verifyCommand {
+		_, err := io.WriteString(stdout, r.table)
+		return err
+	}
+	return r.failRun
+}
+
+func (r *fakeRemote) Close() error { return nil }
+
+const talosTable = `{"partitiontable":{"label":"gpt","partitions":[{"name":"EFI"},{"name":"BIOS"},{"name":"BOOT"},{"name":"META"},{"name":"STATE"}]}}`
+
+type recordingContinuer struct {
+	mu   sync.Mutex
+	reqs []Request
+}
+
+func (c *recordingContinuer) Continue(_ context.Context, r Request) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reqs = append(c.reqs, r)
+	return nil
+}
+
+func testBuilder(fc *fakeCloud, remote *fakeRemote, cont Continuer, o Options) *Builder {
+	if o.Architectures == nil {
+		o.Architectures = []string{"amd64", "arm64"}
+	}
+	if o.Schematics == nil {
+		o.Schematics = []string{talos.QemuGuestAgentSchematic}
+	}
+	if o.ServerTypes == nil {
+		o.ServerTypes = map[string][]string{"amd64": {"cx23", "cpx22"}, "arm64": {"cax11"}}
+	}
+	if o.Locations == nil {
+		o.Locations = []string{"fsn1", "nbg1"}
+	}
+	b := New(Deps{
+		Cloud:   fc,
+		Factory: fakeFactory{versions: map[string]bool{"v1.13.9": true, "v1.12.5": true}},
+		Dial: func(context.Context, string, *ssh.Key, *slog.Logger) (Remote, error) {
+			return remote, nil
+		},
+		Continuer: cont,
+		Logger:    slog.New(slog.DiscardHandler),
+	}, o)
+	b.pollWait = time.Millisecond
+	return b
+}
+
+func cloudOpts(labels map[string]string) cloud.CreateServerOpts {
+	return cloud.CreateServerOpts{Name: target.Name(), ServerType: "cx23", Location: "fsn1", Image: "debian-12", Labels: labels}
+}

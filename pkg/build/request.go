@@ -1,0 +1,158 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Request asks for snapshots of one Talos version. Arch and Schematic are
+// optional: empty means every configured one.
+type Request struct {
+	Version   string `json:"version"`
+	Arch      string `json:"arch,omitempty"`
+	Schematic string `json:"schematic,omitempty"`
+	// Force rebuilds even when a snapshot exists; the old one is deleted
+	// only once the new one is available.
+	Force bool `json:"force,omitempty"`
+}
+
+// MaxRequestBytes bounds a payload; a real one is about 150 bytes.
+const MaxRequestBytes = 4 << 10
+
+// ParseRequest decodes a payload strictly: unknown fields, trailing data
+// and oversized payloads are errors.
+func ParseRequest(payload []byte) (Request, error) {
+	if len(payload) > MaxRequestBytes {
+		return Request{}, fmt.Errorf("invalid request: payload is %d bytes, at most %d", len(payload), MaxRequestBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var r Request
+	if err := dec.Decode(&r); err != nil {
+		return Request{}, fmt.Errorf("invalid request: %w; want {\"version\":\"v1.13.9\",\"arch\":\"amd64\",\"schematic\":\"<64 hex>\",\"force\":false}", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Request{}, errors.New("invalid request: trailing data after the JSON object")
+	}
+	return r, nil
+}
+
+// Targets validates the request against the options and expands it.
+func (b *Builder) Targets(r Request) ([]Target, error) {
+	var problems []string
+	if r.Version == "" {
+		problems = append(problems, `version: is required, e.g. "v1.13.9"`)
+	}
+	arches := b.opts.Architectures
+	if r.Arch != "" {
+		if !slices.Contains(b.opts.Architectures, r.Arch) {
+			problems = append(problems, fmt.Sprintf("arch: %q is not one of the configured architectures (%s)",
+				r.Arch, strings.Join(b.opts.Architectures, ", ")))
+		}
+		arches = []string{r.Arch}
+	}
+	schematics := b.opts.Schematics
+	if r.Schematic != "" {
+		schematics = []string{r.Schematic}
+	}
+	var targets []Target
+	for _, s := range schematics {
+		for _, a := range arches {
+			targets = append(targets, Target{Version: r.Version, Arch: a, Schematic: s})
+		}
+	}
+	if len(targets) == 0 {
+		problems = append(problems, "no architecture or schematic is configured")
+	}
+	if r.Version != "" && len(problems) == 0 {
+		for _, t := range targets {
+			if err := t.Validate(); err != nil {
+				problems = append(problems, err.Error())
+				break // the same field is wrong in every target
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("invalid request: %s", strings.Join(problems, "; "))
+	}
+	return targets, nil
+}
+
+// State of a target's build.
+type State string
+
+const (
+	Done       State = "done"
+	InProgress State = "in_progress"
+	Failed     State = "failed"
+)
+
+// Result reports one target.
+type Result struct {
+	Target
+	State      State  `json:"state"`
+	Step       Step   `json:"step,omitempty"`
+	SnapshotID int64  `json:"snapshot_id,omitempty"`
+	Server     string `json:"server,omitempty"`
+	Location   string `json:"location,omitempty"`
+	ServerType string `json:"server_type,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// Response is what the Builder returns.
+type Response struct {
+	Results []Result `json:"results"`
+}
+
+// FailedError is returned when a target failed: Lambda reports it as a
+// function error, with a message a person can act on.
+type FailedError struct {
+	Results []Result
+}
+
+func (e *FailedError) Error() string {
+	var msgs []string
+	for _, r := range e.Results {
+		if r.State == Failed {
+			msgs = append(msgs, fmt.Sprintf("%s: %s", r.Target, r.Error))
+		}
+	}
+	return "build failed: " + strings.Join(msgs, "; ")
+}
+
+// Handle builds every target of the request side by side. It returns
+// *FailedError (with the response) when any target failed.
+func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
+	targets, err := b.Targets(r)
+	if err != nil {
+		return Response{}, err
+	}
+	results := make([]Result, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Go(func() { results[i] = b.Build(ctx, t, r.Force) })
+	}
+	wg.Wait()
+	resp := Response{Results: results}
+	for _, res := range results {
+		if res.State == Failed {
+			return resp, &FailedError{Results: results}
+		}
+	}
+	return resp, nil
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
