@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -23,7 +24,8 @@ type Options struct {
 	// default 1 s. Actions poll from 100 ms up, so quick ones return quickly.
 	PollInterval time.Duration
 	// RetryBase is the first backoff of a retried request (rate limit,
-	// conflict, 502/504); default 1 s, doubling, at most MaxRetries times.
+	// conflict, 502/504 by hcloud-go; 503 and locked by us); default 1 s,
+	// doubling, at most MaxRetries times each.
 	RetryBase  time.Duration
 	MaxRetries int
 }
@@ -48,6 +50,10 @@ func New(o Options) *Client {
 		maxRetries = 5
 	}
 	opts := []hcloud.ClientOption{
+		hcloud.WithHTTPClient(&http.Client{
+			Timeout:   time.Minute,
+			Transport: &retryTransport{next: http.DefaultTransport, base: retryBase, maxRetries: maxRetries},
+		}),
 		hcloud.WithToken(o.Token),
 		hcloud.WithApplication("hcloud-k8s-image-builder", o.Version),
 		hcloud.WithPollOpts(hcloud.PollOpts{BackoffFunc: hcloud.ExponentialBackoffWithOpts(hcloud.ExponentialBackoffOpts{

@@ -1,0 +1,156 @@
+// Package stack starts the whole local world on loopback: the Hetzner Cloud
+// API with rescue hosts behind its servers, the Talos Image Factory and the
+// GitHub releases API — what the functions run against in tests and in
+// `make local`.
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
+)
+
+// Options shape the local world. Zero values give a quick one for tests.
+type Options struct {
+	// Dir holds disks and images; empty means a temporary directory that
+	// Close removes.
+	Dir string
+	// BootDelay is how long a rescue system takes to accept SSH (real
+	// Hetzner: ~80 s); default 100 ms.
+	BootDelay time.Duration
+	// ActionDuration is how long a Hetzner action runs; default 50 ms.
+	// ActionDurations overrides it per command (e.g. create_image).
+	ActionDuration  time.Duration
+	ActionDurations map[string]time.Duration
+	// DiskSize is the size of each server's sparse disk file; default 4 GiB.
+	DiskSize int64
+	// ImageSize and DataBytes shape the factory's synthetic images.
+	ImageSize, DataBytes int64
+	// Versions the factory serves; default factory.DefaultVersions().
+	Versions []string
+	// Releases of siderolabs/talos; default github.TalosReleases().
+	Releases []github.Release
+	// Faults to inject into the Hetzner API from the start.
+	Faults hetzner.Faults
+	Seed   uint64
+	Logger *slog.Logger
+}
+
+// Stack is the running local world.
+type Stack struct {
+	Cloud    *hetzner.Cloud
+	Machines *rescue.Pool
+	Factory  *factory.Factory
+	GitHub   *github.Server
+
+	HCloudURL, FactoryURL, GitHubURL string
+	Token                            string
+
+	tmp string
+}
+
+// Start starts every emulator on 127.0.0.1 with random ports.
+func Start(o Options) (_ *Stack, err error) {
+	s := &Stack{Token: hetzner.DefaultToken}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	dir := o.Dir
+	if dir == "" {
+		if s.tmp, err = os.MkdirTemp("", "hcloud-k8s-stack-"); err != nil {
+			return nil, err
+		}
+		dir = s.tmp
+	}
+	for _, sub := range []string{"disks", "images"} {
+		if err := os.MkdirAll(dir+"/"+sub, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+
+	// The guest's power commands (poweroff in rescue) reach the cloud that
+	// the pool serves: the cloud exists before any server can boot.
+	var cloud *hetzner.Cloud
+	s.Machines = rescue.New(rescue.Options{
+		Dir: dir + "/disks", DiskSize: o.DiskSize, BootDelay: o.BootDelay, Logger: logger,
+		PowerFunc: func(id int64, op string) { cloud.GuestPower(id, op) },
+	})
+	cloud = hetzner.New(hetzner.Options{
+		Machines: machines{s.Machines}, ActionDuration: o.ActionDuration, ActionDurations: o.ActionDurations,
+		Faults: o.Faults, Seed: o.Seed, Logger: logger,
+	})
+	s.Cloud = cloud
+	if s.HCloudURL, err = cloud.Start(); err != nil {
+		return nil, fmt.Errorf("start hetzner api: %w", err)
+	}
+
+	s.Factory = factory.New(factory.Options{
+		Dir: dir + "/images", Versions: o.Versions, ImageSize: o.ImageSize, DataBytes: o.DataBytes,
+		Redirect: true, Logger: logger,
+	})
+	if s.FactoryURL, err = s.Factory.Start(); err != nil {
+		return nil, fmt.Errorf("start image factory: %w", err)
+	}
+
+	releases := o.Releases
+	if releases == nil {
+		releases = github.TalosReleases()
+	}
+	s.GitHub = github.New(github.Options{Releases: releases})
+	if s.GitHubURL, err = s.GitHub.Start(); err != nil {
+		return nil, fmt.Errorf("start github api: %w", err)
+	}
+	return s, nil
+}
+
+// Env is the configuration that points the functions at this stack.
+func (s *Stack) Env() map[string]string {
+	return map[string]string{
+		"HCLOUD_TOKEN":      s.Token,
+		"HCLOUD_ENDPOINT":   s.HCloudURL,
+		"TALOS_FACTORY_URL": s.FactoryURL,
+		"GITHUB_API_URL":    s.GitHubURL,
+	}
+}
+
+// Close stops everything Start started and removes its temporary files.
+func (s *Stack) Close() error {
+	var errs []error
+	if s.GitHub != nil {
+		errs = append(errs, s.GitHub.Close())
+	}
+	if s.Factory != nil {
+		errs = append(errs, s.Factory.Close())
+	}
+	if s.Cloud != nil {
+		errs = append(errs, s.Cloud.Close())
+	}
+	if s.Machines != nil {
+		errs = append(errs, s.Machines.Close())
+	}
+	if s.tmp != "" {
+		errs = append(errs, os.RemoveAll(s.tmp))
+	}
+	return errors.Join(errs...)
+}
+
+// machines adapts the rescue pool to the cloud's Machines interface; the
+// two packages do not import each other.
+type machines struct{ *rescue.Pool }
+
+func (m machines) Boot(id int64, r *hetzner.Rescue) error {
+	return m.Pool.Boot(id, (*rescue.Rescue)(r))
+}
