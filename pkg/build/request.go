@@ -129,9 +129,15 @@ func (e *FailedError) Error() string {
 	return "build failed: " + strings.Join(msgs, "; ")
 }
 
-// Handle builds every target of the request side by side. It returns
-// *FailedError (with the response) when any target failed.
+// Handle builds every target of the request side by side, each as far as
+// this invocation can. It returns *FailedError (with the response) when any
+// target failed.
 func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
+	return b.each(ctx, r, b.Build)
+}
+
+// each runs build for every target of the request concurrently.
+func (b *Builder) each(ctx context.Context, r Request, build func(context.Context, Target, bool) Result) (Response, error) {
 	targets, err := b.Targets(r)
 	if err != nil {
 		return Response{}, err
@@ -139,7 +145,7 @@ func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
 	results := make([]Result, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		wg.Go(func() { results[i] = b.Build(ctx, t, r.Force) })
+		wg.Go(func() { results[i] = build(ctx, t, r.Force) })
 	}
 	wg.Wait()
 	resp := Response{Results: results}

@@ -64,6 +64,15 @@ type Config struct {
 	BuildServerTTL time.Duration `env:"BUILD_SERVER_TTL, default=2h"`
 	// BuilderFunctionName is the Lambda function the Poller invokes.
 	BuilderFunctionName string `env:"BUILDER_FUNCTION_NAME"`
+
+	// StepTimeout and InstallTimeout are what a build step may take; an
+	// invocation with less time left continues in a new one. SnapshotWait
+	// is how long one invocation polls a snapshot being created. LeaseTTL
+	// is how long a crashed invocation keeps others off its build.
+	StepTimeout    time.Duration `env:"STEP_TIMEOUT, default=1m"`
+	InstallTimeout time.Duration `env:"INSTALL_TIMEOUT, default=8m"`
+	SnapshotWait   time.Duration `env:"SNAPSHOT_WAIT, default=2m"`
+	LeaseTTL       time.Duration `env:"LEASE_TTL, default=90s"`
 }
 
 // Load reads the configuration from the process environment and validates it.
@@ -212,6 +221,19 @@ func (c Config) Validate() error {
 	}
 	if c.BuildServerTTL < 30*time.Minute {
 		add("BUILD_SERVER_TTL: %s; at least 30m (a build takes up to ~20 minutes)", c.BuildServerTTL)
+	}
+	for _, d := range []struct {
+		name         string
+		value, least time.Duration
+	}{
+		{"STEP_TIMEOUT", c.StepTimeout, time.Second},
+		{"INSTALL_TIMEOUT", c.InstallTimeout, time.Second},
+		{"SNAPSHOT_WAIT", c.SnapshotWait, time.Second},
+		{"LEASE_TTL", c.LeaseTTL, 3 * time.Second},
+	} {
+		if d.value < d.least || d.value > 15*time.Minute {
+			add("%s: %s; between %s and 15m", d.name, d.value, d.least)
+		}
 	}
 	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
 		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)

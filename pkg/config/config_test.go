@@ -38,6 +38,10 @@ func TestDefaults(t *testing.T) {
 		KeepOthers:       2,
 		MaxBuildsPerPoll: 4,
 		BuildServerTTL:   2 * time.Hour,
+		StepTimeout:      time.Minute,
+		InstallTimeout:   8 * time.Minute,
+		SnapshotWait:     2 * time.Minute,
+		LeaseTTL:         90 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -76,6 +80,10 @@ func TestEveryField(t *testing.T) {
 		"MAX_BUILDS_PER_POLL":     "10",
 		"BUILD_SERVER_TTL":        "90m",
 		"BUILDER_FUNCTION_NAME":   "stack-builder",
+		"STEP_TIMEOUT":            "2s",
+		"INSTALL_TIMEOUT":         "10s",
+		"SNAPSHOT_WAIT":           "1s",
+		"LEASE_TTL":               "3s",
 	}
 	c, err := load(t, env)
 	if err != nil {
@@ -103,6 +111,10 @@ func TestEveryField(t *testing.T) {
 		MaxBuildsPerPoll:    10,
 		BuildServerTTL:      90 * time.Minute,
 		BuilderFunctionName: "stack-builder",
+		StepTimeout:         2 * time.Second,
+		InstallTimeout:      10 * time.Second,
+		SnapshotWait:        time.Second,
+		LeaseTTL:            3 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -170,6 +182,10 @@ func TestRejections(t *testing.T) {
 		{"max builds", map[string]string{"MAX_BUILDS_PER_POLL": "0"}, "MAX_BUILDS_PER_POLL: 0; at least 1"},
 		{"ttl", map[string]string{"BUILD_SERVER_TTL": "5m"},
 			"BUILD_SERVER_TTL: 5m0s; at least 30m (a build takes up to ~20 minutes)"},
+		{"step timeout", map[string]string{"STEP_TIMEOUT": "0s"}, "STEP_TIMEOUT: 0s; between 1s and 15m"},
+		{"install timeout", map[string]string{"INSTALL_TIMEOUT": "16m"}, "INSTALL_TIMEOUT: 16m0s; between 1s and 15m"},
+		{"snapshot wait", map[string]string{"SNAPSHOT_WAIT": "-1s"}, "SNAPSHOT_WAIT: -1s; between 1s and 15m"},
+		{"lease", map[string]string{"LEASE_TTL": "1s"}, "LEASE_TTL: 1s; between 3s and 15m"},
 		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
 			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
 	}

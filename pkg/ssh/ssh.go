@@ -180,9 +180,10 @@ func (e *ExitError) Error() string {
 	return fmt.Sprintf("exit status %d: %s", e.Status, e.Tail)
 }
 
-// Run runs cmd and logs every line of its output as it comes. It returns
-// *ExitError when the command exits non-zero; when ctx ends the session is
-// closed and ctx's error returned. stdout, if non-nil, also gets the output.
+// Run runs cmd and logs every line of its stderr, and of its stdout unless
+// stdout is given to capture it, as it comes. It returns *ExitError when the
+// command exits non-zero; when ctx ends the session is closed and ctx's error
+// returned.
 func (c *Client) Run(ctx context.Context, cmd string, stdout io.Writer) error {
 	s, err := c.c.NewSession()
 	if err != nil {
@@ -190,19 +191,18 @@ func (c *Client) Run(ctx context.Context, cmd string, stdout io.Writer) error {
 	}
 	defer s.Close()
 	tail := &tailWriter{max: 512}
-	outLog := c.lineLogger(ctx, "stdout")
 	errLog := c.lineLogger(ctx, "stderr")
-	if stdout != nil {
-		s.Stdout = io.MultiWriter(stdout, outLog)
-	} else {
+	defer errLog.Close()
+	s.Stderr = io.MultiWriter(errLog, tail)
+	s.Stdout = stdout
+	if stdout == nil {
+		outLog := c.lineLogger(ctx, "stdout")
+		defer outLog.Close()
 		s.Stdout = outLog
 	}
-	s.Stderr = io.MultiWriter(errLog, tail)
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	err = s.Run(cmd)
-	outLog.Close()
-	errLog.Close()
 	if ctx.Err() != nil {
 		return fmt.Errorf("ssh %s: %w", c.addr, ctx.Err())
 	}

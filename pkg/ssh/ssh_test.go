@@ -7,9 +7,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -182,14 +184,26 @@ func TestRun(t *testing.T) {
 		tail    string
 		logLine string
 	}{
-		{cmd: "echo hello; echo world", stdout: "hello\nworld\n", logLine: "stdout: world"},
+		{cmd: "echo hello; echo world", stdout: "hello\nworld\n"},
+		{cmd: "echo logged; echo too", logLine: "stdout: too"},
 		{cmd: "echo oops >&2; exit 3", status: 3, tail: "oops", logLine: "stderr: oops"},
 		{cmd: "set -euo pipefail; false | cat; echo not reached", status: 1},
-		{cmd: "printf 'no newline'", stdout: "no newline", logLine: "stdout: no newline"},
+		{cmd: "printf 'no newline'", logLine: "stdout: no newline"},
 	}
+	defer func() {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		if slices.Contains(sink.lines, "stdout: hello") {
+			t.Errorf("captured stdout was logged: %q", sink.lines)
+		}
+	}()
 	for _, tt := range tests {
 		var out bytes.Buffer
-		err := c.Run(ctx, tt.cmd, &out)
+		var w io.Writer // captured output is not logged
+		if tt.stdout != "" {
+			w = &out
+		}
+		err := c.Run(ctx, tt.cmd, w)
 		if out.String() != tt.stdout {
 			t.Errorf("%q: stdout %q, want %q", tt.cmd, out.String(), tt.stdout)
 		}
