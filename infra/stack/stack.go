@@ -53,7 +53,8 @@ type Stack struct {
 	HCloudURL, FactoryURL, GitHubURL string
 	Token                            string
 
-	tmp string
+	tmp    string
+	logger *slog.Logger
 }
 
 // Start starts every emulator on 127.0.0.1 with random ports.
@@ -80,6 +81,7 @@ func Start(o Options) (_ *Stack, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	s.logger = logger
 
 	// The guest's power commands (poweroff in rescue) reach the cloud that
 	// the pool serves: the cloud exists before any server can boot.

@@ -52,7 +52,7 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 			l := &lease{key: key, hkey: hk, cloud: b.cloud, log: r.log, stop: make(chan struct{})}
 			l.stopped.Add(1)
 			go l.heartbeat(b.opts.LeaseTTL, b.now)
-			r.log.Debug("lease taken", "owner", owner)
+			r.log.DebugContext(ctx, "lease taken", "owner", owner)
 			return l, nil
 		}
 		if !cloud.IsConflict(err) {
@@ -66,10 +66,10 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 			continue // released meanwhile
 		}
 		if !leaseExpired(cur, b.now()) {
-			r.log.Info("another invocation is building this target", "owner", cur.Labels[labelLeaseOwner])
+			r.log.InfoContext(ctx, "another invocation is building this target", "owner", cur.Labels[labelLeaseOwner])
 			return nil, errLeaseHeld
 		}
-		r.log.Warn("taking over an expired lease", "owner", cur.Labels[labelLeaseOwner])
+		r.log.WarnContext(ctx, "taking over an expired lease", "owner", cur.Labels[labelLeaseOwner])
 		if err := b.cloud.DeleteSSHKey(ctx, cur); err != nil {
 			return nil, err
 		}
@@ -77,10 +77,7 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 	return nil, errLeaseHeld
 }
 
-func leaseExpired(k *hcloud.SSHKey, now time.Time) bool {
-	until, err := strconv.ParseInt(k.Labels[labelLeaseUntil], 10, 64)
-	return err != nil || now.Unix() > until
-}
+func leaseExpired(k *hcloud.SSHKey, now time.Time) bool { return !LeaseActive(k.Labels, now) }
 
 func (l *lease) heartbeat(ttl time.Duration, now func() time.Time) {
 	defer l.stopped.Done()
@@ -97,7 +94,7 @@ func (l *lease) heartbeat(ttl time.Duration, now func() time.Time) {
 			labels[labelLeaseUntil] = strconv.FormatInt(now().Add(ttl).Unix(), 10)
 			ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
 			if err := l.cloud.SetSSHKeyLabels(ctx, k, maps.Clone(labels)); err != nil {
-				l.log.Warn("renew lease", "error", err)
+				l.log.WarnContext(ctx, "renew lease", "error", err)
 			}
 			cancel()
 		}
@@ -113,7 +110,7 @@ func (l *lease) release(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if err := l.cloud.DeleteSSHKey(ctx, l.hkey); err != nil {
-			l.log.Warn("release lease", "error", err)
+			l.log.WarnContext(ctx, "release lease", "error", err)
 		}
 	})
 }

@@ -59,19 +59,19 @@ func (r *run) build(ctx context.Context) Result {
 	log := r.log.With("step", StepCheck)
 	srv, err := b.cloud.ServerByName(ctx, r.t.Name())
 	if err != nil {
-		return r.failed(StepCheck, err)
+		return r.failed(ctx, StepCheck, err)
 	}
 	if srv == nil {
-		done, err := r.existing(ctx, log)
+		exists, err := r.existing(ctx, log)
 		if err != nil {
-			return r.failed(StepCheck, err)
+			return r.failed(ctx, StepCheck, err)
 		}
-		if done {
+		if exists {
 			return r.res
 		}
 		// Nothing may be created for an image the factory does not serve.
 		if _, err := r.findImage(ctx); err != nil {
-			return r.failed(StepCheck, err)
+			return r.failed(ctx, StepCheck, err)
 		}
 	}
 	r.lease, err = r.acquire(ctx)
@@ -80,13 +80,13 @@ func (r *run) build(ctx context.Context) Result {
 		return r.res
 	}
 	if err != nil {
-		return r.failed(StepCheck, err)
+		return r.failed(ctx, StepCheck, err)
 	}
 	defer r.lease.release(ctx)
 	if srv != nil {
 		// Another invocation may have moved on before we took the lease.
 		if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
-			return r.failed(StepCheck, err)
+			return r.failed(ctx, StepCheck, err)
 		}
 	}
 	r.setServer(srv)
@@ -96,7 +96,7 @@ func (r *run) build(ctx context.Context) Result {
 			return r.continueLater(ctx, step)
 		}
 		log := r.log.With("step", step)
-		log.Info("step started")
+		log.InfoContext(ctx, "step started")
 		start := b.now()
 		next, err := r.runStep(ctx, step, log)
 		if errors.Is(err, errContinue) {
@@ -105,11 +105,11 @@ func (r *run) build(ctx context.Context) Result {
 		if err != nil {
 			return r.abort(ctx, step, err)
 		}
-		log.Info("step finished", "seconds", b.now().Sub(start).Seconds(), "next", next)
+		log.InfoContext(ctx, "step finished", "seconds", b.now().Sub(start).Seconds(), "next", next)
 		step = next
 	}
 	r.res.State, r.res.Step = Done, ""
-	r.log.Info("snapshot ready", "snapshot_id", r.res.SnapshotID)
+	r.log.InfoContext(ctx, "snapshot ready", "snapshot_id", r.res.SnapshotID)
 	return r.res
 }
 
@@ -154,9 +154,9 @@ func (r *run) setServer(srv *hcloud.Server) {
 }
 
 // existing reports whether an available snapshot of the target already
-// exists (and the request does not force a rebuild). It also removes what
-// an interrupted build may have left: duplicates of the target and an
-// expired lease key.
+// exists (and the request does not force a rebuild), setting the result. It
+// also removes what an interrupted build may have left: duplicates of the
+// target and an expired lease key.
 func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 	snaps, err := r.b.cloud.Snapshots(ctx, r.t.snapshotSelector(r.b.opts.Cluster))
 	if err != nil {
@@ -173,14 +173,22 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if k != nil && k.Labels[label.Managed] == label.ManagedValue && leaseExpired(k, r.b.now()) {
-		log.Info("deleting the key an interrupted build left", "ssh_key", k.ID)
+	r.res.SnapshotID = newest.ID
+	if k != nil && k.Labels[label.Managed] == label.ManagedValue {
+		if !leaseExpired(k, r.b.now()) {
+			// Its holder is finishing up (or died moments ago): done once
+			// the lease is released or has expired.
+			log.InfoContext(ctx, "snapshot exists, another invocation still holds the lease", "snapshot_id", newest.ID)
+			r.res.State, r.res.Step = InProgress, StepCleanup
+			return true, nil
+		}
+		log.InfoContext(ctx, "deleting the key an interrupted build left", "ssh_key", k.ID)
 		if err := r.b.cloud.DeleteSSHKey(ctx, k); err != nil {
 			return false, err
 		}
 	}
-	log.Info("snapshot exists", "snapshot_id", newest.ID)
-	r.res.State, r.res.SnapshotID = Done, newest.ID
+	log.InfoContext(ctx, "snapshot exists", "snapshot_id", newest.ID)
+	r.res.State = Done
 	return true, nil
 }
 
@@ -202,7 +210,7 @@ func (r *run) deleteOthers(ctx context.Context, snaps []*hcloud.Image, keep *hcl
 		if img.ID == keep.ID || img.Status != hcloud.ImageStatusAvailable || img.Labels[label.Managed] != label.ManagedValue {
 			continue
 		}
-		log.Info("deleting replaced snapshot", "snapshot_id", img.ID, "kept", keep.ID)
+		log.InfoContext(ctx, "deleting replaced snapshot", "snapshot_id", img.ID, "kept", keep.ID)
 		if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
 			return err
 		}
@@ -249,15 +257,15 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 	defer cancel()
 	if err := r.b.cont.Continue(cctx, req); err != nil {
 		// The Poller re-drives a build whose server has no live lease.
-		log.Error("continue in a new invocation", "error", err)
+		log.ErrorContext(ctx, "continue in a new invocation", "error", err)
 		return r.res
 	}
-	log.Info("continuing in a new invocation")
+	log.InfoContext(ctx, "continuing in a new invocation")
 	return r.res
 }
 
-func (r *run) failed(step Step, err error) Result {
-	r.log.Error("build failed", "step", step, "error", err)
+func (r *run) failed(ctx context.Context, step Step, err error) Result {
+	r.log.ErrorContext(ctx, "build failed", "step", step, "error", err)
 	r.res.State, r.res.Step, r.res.Error = Failed, step, err.Error()
 	return r.res
 }
@@ -265,14 +273,14 @@ func (r *run) failed(step Step, err error) Result {
 // abort fails the build and deletes its server: a failed build leaves
 // nothing behind, and the next request starts afresh.
 func (r *run) abort(ctx context.Context, step Step, err error) Result {
-	res := r.failed(step, err)
+	res := r.failed(ctx, step, err)
 	if r.srv != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.b.opts.StepTimeout)
 		defer cancel()
 		if derr := r.b.cloud.DeleteServer(cctx, r.srv); derr != nil {
-			r.log.Error("delete server of failed build", "step", step, "error", derr)
+			r.log.ErrorContext(ctx, "delete server of failed build", "step", step, "error", derr)
 		} else {
-			r.log.Info("deleted server of failed build", "step", step)
+			r.log.InfoContext(ctx, "deleted server of failed build", "step", step)
 		}
 	}
 	return res
@@ -294,7 +302,7 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 			})
 			switch {
 			case err == nil:
-				log.Info("server created", "server_type", typ, "location", loc, "server_id", srv.ID)
+				log.InfoContext(ctx, "server created", "server_type", typ, "location", loc, "server_id", srv.ID)
 				r.setServer(srv)
 				r.res.ServerType, r.res.Location = typ, loc
 				return StepInstall, nil
@@ -303,11 +311,11 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 				if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil || srv == nil {
 					return "", fmt.Errorf("adopt server %s: %w", r.t.Name(), err)
 				}
-				log.Info("server exists, adopting it", "server_id", srv.ID)
+				log.InfoContext(ctx, "server exists, adopting it", "server_id", srv.ID)
 				r.setServer(srv)
 				return stepOf(srv), nil
 			case cloud.IsNoCapacity(err):
-				log.Warn("no capacity, trying the next option", "server_type", typ, "location", loc, "error", err)
+				log.WarnContext(ctx, "no capacity, trying the next option", "server_type", typ, "location", loc, "error", err)
 			default:
 				return "", err
 			}
@@ -331,7 +339,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	addr := net.JoinHostPort(r.srv.PublicNet.IPv4.IP.String(), strconv.Itoa(b.opts.SSHPort))
-	log.Info("waiting for the rescue system", "addr", addr)
+	log.InfoContext(ctx, "waiting for the rescue system", "addr", addr)
 	remote, err := b.dial(ctx, addr, r.lease.key, log)
 	if err != nil {
 		return "", fmt.Errorf("reach rescue system of %s: %w", r.t.Name(), err)
@@ -341,7 +349,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err != nil {
 		return "", err
 	}
-	log.Info("writing image", "url", img.URL, "compression", img.Compression)
+	log.InfoContext(ctx, "writing image", "url", img.URL, "compression", img.Compression)
 	if err := remote.Run(ctx, script, nil); err != nil {
 		return "", fmt.Errorf("write %s to the disk: %w", img.URL, err)
 	}
@@ -353,7 +361,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err != nil {
 		return "", err
 	}
-	log.Info("image written and verified", "partitions", parts)
+	log.InfoContext(ctx, "image written and verified", "partitions", parts)
 	if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 		return "", err
 	}
@@ -414,14 +422,14 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 		switch {
 		case img == nil:
-			log.Warn("snapshot disappeared, taking it again", "snapshot_id", id)
+			log.WarnContext(ctx, "snapshot disappeared, taking it again", "snapshot_id", id)
 			return StepSnapshot, r.checkpoint(ctx, StepSnapshot, nil)
 		case img.Status == hcloud.ImageStatusAvailable:
 			r.res.SnapshotID = id
 			return StepCleanup, nil
 		}
 		if b.now().Add(pause).After(until) {
-			log.Info("snapshot still being created", "snapshot_id", id, "status", img.Status)
+			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", id, "status", img.Status)
 			return "", errContinue
 		}
 		select {
@@ -438,7 +446,7 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err := b.cloud.DeleteServer(ctx, r.srv); err != nil {
 		return "", err
 	}
-	log.Info("server deleted")
+	log.InfoContext(ctx, "server deleted")
 	if r.force || r.srv.Labels[labelForce] == "true" {
 		snaps, err := b.cloud.Snapshots(ctx, r.t.snapshotSelector(b.opts.Cluster))
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -122,4 +123,21 @@ func TargetFromLabels(l map[string]string) (Target, bool) {
 
 func (t Target) description() string {
 	return fmt.Sprintf("Talos %s hcloud-%s, schematic %s (hcloud-k8s image builder)", t.Version, t.Arch, t.Schematic)
+}
+
+// BuildServerSelector selects every build server of the image builder.
+func BuildServerSelector() string {
+	return label.Managed + "=" + label.ManagedValue + "," + labelRole + "=" + roleBuildServer
+}
+
+// LeaseSelector selects every lease key of the image builder.
+func LeaseSelector() string {
+	return label.Managed + "=" + label.ManagedValue + "," + labelRole + "=" + roleLease
+}
+
+// LeaseActive tells whether a lease key (see LeaseSelector) is held by a
+// live invocation at now.
+func LeaseActive(labels map[string]string, now time.Time) bool {
+	until, err := strconv.ParseInt(labels[labelLeaseUntil], 10, 64)
+	return err == nil && now.Unix() <= until
 }

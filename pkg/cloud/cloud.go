@@ -181,15 +181,22 @@ func (c *Client) EnableRescue(ctx context.Context, s *hcloud.Server, key *hcloud
 }
 
 // Boot starts the server, or resets it when it runs, so that it boots
-// afresh (into rescue, when armed). It does not wait for the action: the
-// boot itself takes much longer, and SSH dialing waits for it.
+// afresh (into rescue, when armed). A power-on is not waited for: the boot
+// takes much longer, and SSH dialing waits for it. A reset is, so that the
+// system that ran before cannot answer the dial.
 func (c *Client) Boot(ctx context.Context, s *hcloud.Server) error {
-	op, call := "power on", c.c.Server.Poweron
-	if s.Status != hcloud.ServerStatusOff {
-		op, call = "reset", c.c.Server.Reset
+	if s.Status == hcloud.ServerStatusOff {
+		if _, _, err := c.c.Server.Poweron(ctx, s); err != nil {
+			return fmt.Errorf("power on %s: %w", s.Name, err)
+		}
+		return nil
 	}
-	if _, _, err := call(ctx, s); err != nil {
-		return fmt.Errorf("%s %s: %w", op, s.Name, err)
+	a, _, err := c.c.Server.Reset(ctx, s)
+	if err == nil {
+		err = c.wait(ctx, a)
+	}
+	if err != nil {
+		return fmt.Errorf("reset %s: %w", s.Name, err)
 	}
 	return nil
 }

@@ -52,8 +52,8 @@ func (k *Key) Fingerprint() string {
 }
 
 // Dialer connects to one host as root with one key. It pins the host key
-// to the first one it sees, so a later reconnect in the same phase cannot
-// land on a different machine.
+// of the first host it logs into, so a later reconnect in the same phase
+// cannot land on a different machine.
 type Dialer struct {
 	Key  *Key
 	Addr string // host:port
@@ -121,32 +121,44 @@ func (d *Dialer) dialOnce(ctx context.Context) (*Client, error) {
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	stop := context.AfterFunc(actx, func() { conn.Close() })
 	defer stop()
+	var seen xssh.PublicKey
 	cfg := &xssh.ClientConfig{
-		User:            "root",
-		Auth:            []xssh.AuthMethod{xssh.PublicKeys(d.Key.signer)},
-		HostKeyCallback: d.checkHostKey,
-		Timeout:         timeout,
+		User: "root",
+		Auth: []xssh.AuthMethod{xssh.PublicKeys(d.Key.signer)},
+		HostKeyCallback: func(_ string, _ net.Addr, key xssh.PublicKey) error {
+			seen = key
+			return d.checkHostKey(key)
+		},
+		Timeout: timeout,
 	}
 	sc, chans, reqs, err := xssh.NewClientConn(conn, d.Addr, cfg)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
+	d.pin(seen)
 	_ = conn.SetDeadline(time.Time{})
 	return &Client{c: xssh.NewClient(sc, chans, reqs), addr: d.Addr, logger: d.logger()}, nil
 }
 
-func (d *Dialer) checkHostKey(_ string, _ net.Addr, key xssh.PublicKey) error {
+// checkHostKey accepts any key until one is pinned, then only that one.
+func (d *Dialer) checkHostKey(key xssh.PublicKey) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pinned != nil && !bytes.Equal(d.pinned.Marshal(), key.Marshal()) {
+		return &HostKeyMismatchError{Addr: d.Addr, Want: xssh.FingerprintSHA256(d.pinned), Got: xssh.FingerprintSHA256(key)}
+	}
+	return nil
+}
+
+// pin remembers the key of the first host we logged into: a host that
+// refused our key (say, the system before a reset) pins nothing.
+func (d *Dialer) pin(key xssh.PublicKey) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.pinned == nil {
 		d.pinned = key
-		return nil
 	}
-	if !bytes.Equal(d.pinned.Marshal(), key.Marshal()) {
-		return &HostKeyMismatchError{Addr: d.Addr, Want: xssh.FingerprintSHA256(d.pinned), Got: xssh.FingerprintSHA256(key)}
-	}
-	return nil
 }
 
 func (d *Dialer) logger() *slog.Logger {

@@ -309,3 +309,24 @@ func TestHostKeyPinnedWithinPhase(t *testing.T) {
 		t.Fatalf("err = %v, want HostKeyMismatchError", err)
 	}
 }
+
+// A host that refuses our key (the system before a reset) pins nothing: the
+// rescue system that comes up after it, with another host key, is accepted.
+func TestRefusingHostPinsNothing(t *testing.T) {
+	key, _ := NewKey()
+	other, _ := NewKey()
+	before := newTestServer(t, "127.0.0.1:0", publicKey(t, other))
+	d := &Dialer{Key: key, Addr: before.addr, MaxBackoff: 100 * time.Millisecond}
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		before.close()
+		newTestServer(t, before.addr, publicKey(t, key))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}

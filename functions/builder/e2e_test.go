@@ -1,0 +1,403 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// The tests in this file run the real bootstrap under the Lambda Runtime
+// Interface Emulator against the local cloud (infra/stack).
+
+var bootstrap string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "builder-bootstrap-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bootstrap, err = stack.BuildBootstrap("./functions/builder", dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// world is a local cloud with the Builder deployed as function "builder".
+type world struct {
+	t   *testing.T
+	st  *stack.Stack
+	emu *lambda.Emulator
+	api *awslambda.Client
+}
+
+type setup struct {
+	stack   stack.Options
+	timeout time.Duration     // function timeout; default 60s
+	env     map[string]string // on top of the defaults below
+}
+
+func newWorld(t *testing.T, s setup) *world {
+	t.Helper()
+	st, err := stack.Start(s.stack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	env := map[string]string{
+		"LOCATIONS":       "fsn1,nbg1",
+		"STEP_TIMEOUT":    "2s",
+		"INSTALL_TIMEOUT": "30s",
+		"SNAPSHOT_WAIT":   "5s",
+		"LEASE_TTL":       "3s",
+	}
+	for k, v := range s.env {
+		env[k] = v
+	}
+	timeout := s.timeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	emu, err := st.StartLambda(map[string]lambda.Function{
+		"builder": {Bootstrap: bootstrap, Env: env, Timeout: timeout, PoolSize: 3},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	api := awslambda.New(awslambda.Options{
+		Region:       "eu-central-1",
+		BaseEndpoint: aws.String(emu.URL()),
+		Credentials:  credentials.NewStaticCredentialsProvider("local", "local", ""),
+	})
+	return &world{t: t, st: st, emu: emu, api: api}
+}
+
+// invoke calls the Builder synchronously. It returns the response, or the
+// function error's message.
+func (w *world) invoke(payload string) (build.Response, string) {
+	w.t.Helper()
+	out, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
+		FunctionName: aws.String("builder"), Payload: []byte(payload)})
+	if err != nil {
+		w.t.Fatalf("invoke %s: %v", payload, err)
+	}
+	if out.FunctionError != nil {
+		var fe struct {
+			ErrorMessage string `json:"errorMessage"`
+		}
+		json.Unmarshal(out.Payload, &fe)
+		return build.Response{}, fe.ErrorMessage
+	}
+	var resp build.Response
+	if err := json.Unmarshal(out.Payload, &resp); err != nil {
+		w.t.Fatalf("response %s: %v", out.Payload, err)
+	}
+	return resp, ""
+}
+
+func (w *world) invokeAsync(payload string) {
+	w.t.Helper()
+	if _, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
+		FunctionName: aws.String("builder"), Payload: []byte(payload), InvocationType: types.InvocationTypeEvent,
+	}); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) waitIdle() {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := w.emu.WaitIdle(ctx); err != nil {
+		w.t.Fatalf("lambda not idle: %v", err)
+	}
+}
+
+func (w *world) snapshots() []hetzner.Image {
+	var out []hetzner.Image
+	for _, img := range w.st.Cloud.Images() {
+		if img.Type == "snapshot" {
+			out = append(out, img)
+		}
+	}
+	return out
+}
+
+// checkDone asserts that exactly the targets have snapshots holding their
+// factory image, labelled for the consumers, and that nothing else is left.
+func (w *world) checkDone(targets ...build.Target) {
+	w.t.Helper()
+	snaps := w.snapshots()
+	if len(snaps) != len(targets) {
+		w.t.Errorf("%d snapshots, want %d: %+v", len(snaps), len(targets), snaps)
+	}
+	for _, tg := range targets {
+		i := slices.IndexFunc(snaps, func(img hetzner.Image) bool {
+			got, ok := build.TargetFromLabels(img.Labels)
+			return ok && got == tg
+		})
+		if i < 0 {
+			w.t.Errorf("no snapshot of %v", tg)
+			continue
+		}
+		img := snaps[i]
+		_, digest, err := w.st.Factory.Image(tg.Schematic, tg.Version, tg.Arch)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if img.Digest != digest || img.Status != "available" {
+			w.t.Errorf("%v: snapshot %s digest %s, want the image's %s", tg, img.Status, img.Digest, digest)
+		}
+		for k, v := range map[string]string{"os": "talos", "talos_version": tg.Version, "version": tg.Version,
+			"arch": tg.Arch, "talos_schematic_id": tg.Schematic[:32]} {
+			if img.Labels[k] != v {
+				w.t.Errorf("%v: label %s=%q, want %q", tg, k, img.Labels[k], v)
+			}
+		}
+	}
+	w.checkNothingLeft()
+}
+
+func (w *world) checkNothingLeft() {
+	w.t.Helper()
+	if s := w.st.Cloud.Servers(); len(s) != 0 {
+		w.t.Errorf("servers left: %+v", s)
+	}
+	if k := w.st.Cloud.SSHKeys(); len(k) != 0 {
+		w.t.Errorf("ssh keys left: %+v", k)
+	}
+}
+
+func (w *world) countRequests(method, pattern string) int {
+	return w.st.Cloud.CountRequests(method, pattern)
+}
+
+func target(arch string) build.Target {
+	return build.Target{Version: "v1.13.9", Arch: arch, Schematic: talos.QemuGuestAgentSchematic}
+}
+
+func TestBuildBothArchitecturesThenNoOp(t *testing.T) {
+	w := newWorld(t, setup{})
+	resp, ferr := w.invoke(`{"version":"v1.13.9"}`)
+	if ferr != "" {
+		t.Fatal(ferr)
+	}
+	if len(resp.Results) != 2 {
+		t.Fatalf("results = %+v", resp.Results)
+	}
+	for _, r := range resp.Results {
+		if r.State != build.Done || r.SnapshotID == 0 || r.Location != "fsn1" {
+			t.Errorf("result = %+v", r)
+		}
+	}
+	w.checkDone(target("amd64"), target("arm64"))
+
+	before := len(w.st.Cloud.Requests())
+	resp, ferr = w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	if ferr != "" || len(resp.Results) != 1 || resp.Results[0].State != build.Done {
+		t.Fatalf("second request: %+v %s", resp, ferr)
+	}
+	if n := len(w.st.Cloud.Requests()) - before; n > 3 {
+		t.Errorf("a no-op request made %d API requests, want ≤ 3", n)
+	}
+	w.checkDone(target("amd64"), target("arm64"))
+}
+
+func TestBadPayloadsCreateNothing(t *testing.T) {
+	w := newWorld(t, setup{})
+	for _, tt := range []struct{ payload, want string }{
+		{`{"version":"v9.9.9","arch":"amd64"}`, "talos v9.9.9 is not available from the image factory"},
+		{`{"version":"1.13.9"}`, `"1.13.9" is not a version`},
+		{`{"version":"v1.13.9","arch":"sparc"}`, `arch: "sparc" is not one of the configured architectures`},
+		{`{"version":"v1.13.9","schematic":"ABC"}`, `schematic: "ABC" is not a schematic ID`},
+		{`{"version":"v1.13.9","schematic":"` + strings.Repeat("0", 64) + `","arch":"amd64"}`, "is not available from the image factory"},
+		{`{"version":"v1.13.9","extra":1}`, `unknown field "extra"`},
+		{`{"version":"v1.13.9'; reboot; '"}`, "is not a version"},
+		{`{"version":"v1.13.9","pad":"` + strings.Repeat("x", 5000) + `"}`, "at most 4096"},
+		{`[]`, "invalid request"},
+	} {
+		_, ferr := w.invoke(tt.payload)
+		if !strings.Contains(ferr, tt.want) {
+			t.Errorf("%.60s: error %q, want %q", tt.payload, ferr, tt.want)
+		}
+	}
+	for _, r := range w.st.Cloud.Requests() {
+		if r.Method != "GET" {
+			t.Errorf("bad payloads changed the cloud: %s %s", r.Method, r.Path)
+		}
+	}
+	w.checkNothingLeft()
+}
+
+// TestKillAtEveryStep kills the function when a step starts and in the
+// middle of the write, then invokes again: one snapshot, nothing left.
+func TestKillAtEveryStep(t *testing.T) {
+	started := func(step string) []string { return []string{`"message":"step started"`, `"step":"` + step + `"`} }
+	points := []struct {
+		name  string
+		match []string // all in one log line
+	}{
+		{"server", started("server")},
+		{"install", started("install")},
+		{"mid-write", []string{`"message":"writing image"`}},
+		{"snapshot", started("snapshot")},
+		{"wait", started("wait")},
+		{"cleanup", started("cleanup")},
+		{"after cleanup", []string{`"message":"server deleted"`}},
+	}
+	for _, p := range points {
+		t.Run(p.name, func(t *testing.T) {
+			w := newWorld(t, setup{stack: stack.Options{ActionDurations: map[string]time.Duration{"create_image": 500 * time.Millisecond}}})
+			killed := w.emu.KillOn("builder", func(line string) bool {
+				return !slices.ContainsFunc(p.match, func(m string) bool { return !strings.Contains(line, m) })
+			})
+			_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+			select {
+			case <-killed:
+			default:
+				t.Fatalf("no kill at %s (function error %q)", p.name, ferr)
+			}
+			if !strings.Contains(ferr, "Runtime") {
+				t.Errorf("killed invocation's error = %q", ferr)
+			}
+			// The killed invocation's lease expires after LEASE_TTL; until
+			// then a new invocation reports in_progress.
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+				if ferr != "" {
+					t.Fatalf("re-invoke: %s", ferr)
+				}
+				if resp.Results[0].State == build.Done {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("not done: %+v", resp.Results[0])
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			w.checkDone(target("amd64"))
+		})
+	}
+}
+
+// TestContinuations gives the function too little time for a whole build:
+// it must hand over to new invocations of itself and still finish.
+func TestContinuations(t *testing.T) {
+	w := newWorld(t, setup{
+		stack:   stack.Options{ActionDurations: map[string]time.Duration{"create_image": 3 * time.Second}},
+		timeout: 4 * time.Second,
+		env:     map[string]string{"STEP_TIMEOUT": "1s", "INSTALL_TIMEOUT": "3s", "SNAPSHOT_WAIT": "1s"},
+	})
+	w.invokeAsync(`{"version":"v1.13.9","arch":"arm64"}`)
+	w.waitIdle()
+	w.checkDone(target("arm64"))
+	invs := w.emu.Invocations("builder")
+	if len(invs) < 2 {
+		t.Errorf("%d invocations, want continuations", len(invs))
+	}
+	for _, inv := range invs {
+		if inv.Failed() {
+			t.Errorf("invocation %s failed: %s %s", inv.RequestID, inv.ErrorType, inv.ErrorMessage)
+		}
+	}
+}
+
+func TestSimultaneousInvocationsMakeOneServer(t *testing.T) {
+	w := newWorld(t, setup{})
+	var wg sync.WaitGroup
+	states := make([]build.State, 3)
+	for i := range states {
+		wg.Go(func() {
+			resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+			if ferr != "" {
+				t.Error(ferr)
+				return
+			}
+			states[i] = resp.Results[0].State
+		})
+	}
+	wg.Wait()
+	if n := w.countRequests("POST", "/v1/servers"); n != 1 {
+		t.Errorf("%d server creations, want 1", n)
+	}
+	if !slices.Contains(states, build.Done) {
+		t.Errorf("states = %v, want one done", states)
+	}
+	// Duplicates answer in_progress or done; a last call settles it.
+	if resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`); ferr != "" || resp.Results[0].State != build.Done {
+		t.Fatalf("after: %+v %s", resp, ferr)
+	}
+	w.checkDone(target("amd64"))
+}
+
+func TestFlakyAPI(t *testing.T) {
+	w := newWorld(t, setup{stack: stack.Options{Seed: 7, Faults: hetzner.Faults{
+		Transient: 0.2, Locked: 0.1, FailAfterCommit: 1,
+	}}})
+	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	if ferr != "" || resp.Results[0].State != build.Done {
+		t.Fatalf("%+v %s", resp, ferr)
+	}
+	var faults int
+	for _, r := range w.st.Cloud.Requests() {
+		if r.Status == 429 || r.Status >= 500 || r.Status == 423 {
+			faults++
+		}
+	}
+	if faults == 0 {
+		t.Error("no fault was injected")
+	}
+	t.Logf("%d of %d requests failed on purpose", faults, len(w.st.Cloud.Requests()))
+	w.st.Cloud.SetFaults(hetzner.Faults{})
+	w.checkDone(target("amd64"))
+}
+
+func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
+	for _, mode := range []factory.Truncation{factory.TruncateShort, factory.TruncateCut} {
+		w := newWorld(t, setup{})
+		w.st.Factory.SetTruncate(mode)
+		_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+		if !strings.Contains(ferr, "write http") {
+			t.Errorf("truncation %d: function error = %q", mode, ferr)
+		}
+		if s := w.snapshots(); len(s) != 0 {
+			t.Errorf("truncation %d: snapshots of a truncated image: %+v", mode, s)
+		}
+		w.checkNothingLeft()
+	}
+}
+
+func TestNoCapacityInFirstLocation(t *testing.T) {
+	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{
+		Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}},
+	}}})
+	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"arm64"}`)
+	if ferr != "" || resp.Results[0].Location != "nbg1" || resp.Results[0].ServerType != "cax11" {
+		t.Fatalf("%+v %s", resp, ferr)
+	}
+	w.checkDone(target("arm64"))
+}
