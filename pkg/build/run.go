@@ -437,7 +437,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 			return "", ctx.Err()
 		case <-time.After(pause):
 		}
-		pause = min(pause*2, 10*time.Second)
+		pause = min(pause*3/2, 10*time.Second)
 	}
 }
 
