@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 
 // world is a local cloud with the Builder deployed as function "builder".
 type world struct {
-	t   *testing.T
+	t   testing.TB
 	st  *stack.Stack
 	emu *lambda.Emulator
 	api *awslambda.Client
@@ -59,7 +59,7 @@ type setup struct {
 	env     map[string]string // on top of the defaults below
 }
 
-func newWorld(t *testing.T, s setup) *world {
+func newWorld(t testing.TB, s setup) *world {
 	t.Helper()
 	st, err := stack.Start(s.stack)
 	if err != nil {

@@ -132,7 +132,7 @@ func New(d Deps, o Options) *Builder {
 	o.setDefaults()
 	b := &Builder{
 		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, cont: d.Continuer, opts: o,
-		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: time.Second,
+		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: 250 * time.Millisecond,
 	}
 	if b.log == nil {
 		b.log = slog.Default()

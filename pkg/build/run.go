@@ -45,6 +45,9 @@ type run struct {
 	srv   *hcloud.Server
 	lease *lease
 	image *talos.Image
+	// installed: this invocation wrote the disk, so no snapshot of the
+	// server can exist yet.
+	installed bool
 }
 
 // Build drives one target as far as this invocation can.
@@ -365,6 +368,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 		return "", err
 	}
+	r.installed = true
 	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, nil)
 }
 
@@ -380,25 +384,31 @@ func (r *run) checkpoint(ctx context.Context, next Step, extra map[string]string
 func (r *run) snapshot(ctx context.Context) (Step, error) {
 	b := r.b
 	// A snapshot of this server may exist if an invocation died after
-	// creating it: adopt it rather than make a second one.
-	sel := label.Managed + "=" + label.ManagedValue + "," + labelBuild + "=" + strconv.FormatInt(r.srv.ID, 10)
-	imgs, err := b.cloud.Snapshots(ctx, sel)
-	if err != nil {
-		return "", err
-	}
+	// creating it: adopt it rather than make a second one. If this
+	// invocation installed the disk, no earlier one got this far.
 	var img *hcloud.Image
-	if len(imgs) > 0 {
-		img = imgs[0]
-	} else {
+	if !r.installed {
+		sel := label.Managed + "=" + label.ManagedValue + "," + labelBuild + "=" + strconv.FormatInt(r.srv.ID, 10)
+		imgs, err := b.cloud.Snapshots(ctx, sel)
+		if err != nil {
+			return "", err
+		}
+		if len(imgs) > 0 {
+			img = imgs[0]
+		}
+	}
+	if img == nil {
 		if r.srv.Status != hcloud.ServerStatusOff {
 			if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 				return "", err
 			}
 		}
 		labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
-		if img, err = b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels); err != nil {
+		created, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
+		if err != nil {
 			return "", err
 		}
+		img = created
 	}
 	r.res.SnapshotID = img.ID
 	return StepWait, r.checkpoint(ctx, StepWait, map[string]string{labelImage: strconv.FormatInt(img.ID, 10)})
@@ -414,6 +424,8 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 	if deadline, ok := ctx.Deadline(); ok && deadline.Add(-b.opts.StepTimeout).Before(until) {
 		until = deadline.Add(-b.opts.StepTimeout) // leave time to hand over
 	}
+	// Quick first looks for a quick snapshot, then slower ones: a real one
+	// takes minutes, and every look is an API request.
 	pause := b.pollWait
 	for {
 		img, err := b.cloud.Image(ctx, id)

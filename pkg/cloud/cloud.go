@@ -137,6 +137,8 @@ func (c *Client) CreateServer(ctx context.Context, o CreateServerOpts) (*hcloud.
 	if err := c.wait(ctx, res.Action); err != nil {
 		return nil, fmt.Errorf("create server %s: %w", o.Name, err)
 	}
+	// The response showed it initializing; created and not started, it is off.
+	res.Server.Status = hcloud.ServerStatusOff
 	return res.Server, nil
 }
 

@@ -75,6 +75,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 		maxBackoff = 2 * time.Second
 	}
 	backoff := 100 * time.Millisecond
+	var last error // of an attempt that ctx did not cut short
 	for attempt := 1; ; attempt++ {
 		c, err := d.dialOnce(ctx)
 		if err == nil {
@@ -84,13 +85,16 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 		if errors.As(err, &mismatch) {
 			return nil, err
 		}
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
 		d.logger().DebugContext(ctx, "ssh not ready", "addr", d.Addr, "attempt", attempt, "error", err)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("ssh %s after %d attempts: %w (last error: %v)", d.Addr, attempt, ctx.Err(), err)
+			return nil, fmt.Errorf("ssh %s after %d attempts: %w (last error: %v)", d.Addr, attempt, ctx.Err(), last)
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, maxBackoff)
+		backoff = min(backoff*3/2, maxBackoff)
 	}
 }
 
