@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
 
@@ -87,11 +86,7 @@ func newWorld(t testing.TB, s setup) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { emu.Close() })
-	api := awslambda.New(awslambda.Options{
-		Region:       "eu-central-1",
-		BaseEndpoint: aws.String(emu.URL()),
-		Credentials:  credentials.NewStaticCredentialsProvider("local", "local", ""),
-	})
+	api := stack.LambdaClient(emu)
 	return &world{t: t, st: st, emu: emu, api: api}
 }
 

@@ -8,6 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+
 	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
 )
 
@@ -58,4 +62,14 @@ func (s *Stack) StartLambda(fns map[string]lambda.Function) (*lambda.Emulator, e
 		return nil, fmt.Errorf("start lambda emulator: %w", err)
 	}
 	return emu, nil
+}
+
+// LambdaClient returns an aws-sdk-go-v2 Lambda client of the emulator, as
+// AWS_ENDPOINT_URL_LAMBDA makes the functions' own clients.
+func LambdaClient(emu *lambda.Emulator) *awslambda.Client {
+	return awslambda.New(awslambda.Options{
+		Region:       "eu-central-1",
+		BaseEndpoint: aws.String(emu.URL()),
+		Credentials:  credentials.NewStaticCredentialsProvider("local", "local", ""),
+	})
 }
