@@ -396,3 +396,25 @@ func TestNoCapacityInFirstLocation(t *testing.T) {
 	}
 	w.checkDone(target("arm64"))
 }
+
+// TestTokenFromSecretsManager deploys the Builder as template.yaml does: no
+// HCLOUD_TOKEN, only the name of the secret that holds it.
+func TestTokenFromSecretsManager(t *testing.T) {
+	w := newWorld(t, setup{env: map[string]string{"HCLOUD_TOKEN": "", "HCLOUD_TOKEN_SECRET": "hcloud-k8s/hcloud-token"}})
+	w.st.Secrets.PutSecret("hcloud-k8s/hcloud-token", w.st.Token)
+	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	if ferr != "" || resp.Results[0].State != build.Done {
+		t.Fatalf("%+v %s", resp, ferr)
+	}
+	if w.st.Secrets.Reads() == 0 {
+		t.Error("the token was not read from the secret")
+	}
+	w.checkDone(target("amd64"))
+	for _, inv := range w.emu.Invocations("builder") {
+		for _, l := range inv.Logs {
+			if strings.Contains(l, w.st.Token) {
+				t.Fatalf("the token is in the logs: %s", l)
+			}
+		}
+	}
+}

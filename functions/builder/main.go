@@ -25,6 +25,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/invoke"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/secret"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -46,7 +47,11 @@ func main() {
 }
 
 func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
-	cfg, err := config.Load(ctx)
+	secrets, err := secret.NewReader(ctx)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(ctx, secrets)
 	if err != nil {
 		return err
 	}

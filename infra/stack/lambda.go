@@ -46,14 +46,15 @@ func moduleRoot() (string, error) {
 }
 
 // StartLambda runs the functions under the Lambda emulator, each with this
-// stack's environment under its own Env, logging JSON as template.yaml's
-// LoggingConfig has Lambda do.
+// stack's environment under its own Env (where "" unsets a variable),
+// logging JSON as template.yaml's LoggingConfig has Lambda do.
 func (s *Stack) StartLambda(fns map[string]lambda.Function) (*lambda.Emulator, error) {
 	withEnv := make(map[string]lambda.Function, len(fns))
 	for name, fn := range fns {
 		env := s.Env()
 		env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
 		maps.Copy(env, fn.Env)
+		maps.DeleteFunc(env, func(_, v string) bool { return v == "" }) // "" unsets
 		fn.Env = env
 		withEnv[name] = fn
 	}

@@ -1,7 +1,7 @@
 // Package stack starts the whole local world on loopback: the Hetzner Cloud
-// API with rescue hosts behind its servers, the Talos Image Factory and the
-// GitHub releases API — what the functions run against in tests and in
-// `make local`.
+// API with rescue hosts behind its servers, the Talos Image Factory, the
+// GitHub releases API and a secrets store — what the functions run against
+// in tests and in `make local`.
 package stack
 
 import (
@@ -15,6 +15,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/secrets"
 )
 
 // Options shape the local world. Zero values give a quick one for tests.
@@ -49,9 +50,11 @@ type Stack struct {
 	Machines *rescue.Pool
 	Factory  *factory.Factory
 	GitHub   *github.Server
+	// Secrets stands in for Secrets Manager and SSM Parameter Store.
+	Secrets *secrets.Store
 
-	HCloudURL, FactoryURL, GitHubURL string
-	Token                            string
+	HCloudURL, FactoryURL, GitHubURL, SecretsURL string
+	Token                                        string
 
 	tmp    string
 	logger *slog.Logger
@@ -115,6 +118,10 @@ func Start(o Options) (_ *Stack, err error) {
 	if s.GitHubURL, err = s.GitHub.Start(); err != nil {
 		return nil, fmt.Errorf("start github api: %w", err)
 	}
+	s.Secrets = secrets.New()
+	if s.SecretsURL, err = s.Secrets.Start(); err != nil {
+		return nil, fmt.Errorf("start secrets store: %w", err)
+	}
 	return s, nil
 }
 
@@ -125,12 +132,18 @@ func (s *Stack) Env() map[string]string {
 		"HCLOUD_ENDPOINT":   s.HCloudURL,
 		"TALOS_FACTORY_URL": s.FactoryURL,
 		"GITHUB_API_URL":    s.GitHubURL,
+		// Where a *_TOKEN_SECRET is looked up.
+		"AWS_ENDPOINT_URL_SECRETS_MANAGER": s.SecretsURL,
+		"AWS_ENDPOINT_URL_SSM":             s.SecretsURL,
 	}
 }
 
 // Close stops everything Start started and removes its temporary files.
 func (s *Stack) Close() error {
 	var errs []error
+	if s.Secrets != nil {
+		errs = append(errs, s.Secrets.Close())
+	}
 	if s.GitHub != nil {
 		errs = append(errs, s.GitHub.Close())
 	}

@@ -21,14 +21,18 @@ import (
 // read from the environment variable named in its tag.
 type Config struct {
 	// HCloudToken is the Hetzner Cloud API token of the project to build in.
-	HCloudToken string `env:"HCLOUD_TOKEN"`
+	// In AWS it comes from HCloudTokenSecret: a Secrets Manager secret id, or
+	// "ssm:<name>" for an SSM SecureString parameter.
+	HCloudToken       string `env:"HCLOUD_TOKEN"`
+	HCloudTokenSecret string `env:"HCLOUD_TOKEN_SECRET"`
 	// HCloudEndpoint is the API base URL, as the hcloud CLI and Packer read it.
 	HCloudEndpoint string `env:"HCLOUD_ENDPOINT, default=https://api.hetzner.cloud/v1"`
 	// FactoryURL is the Talos Image Factory.
 	FactoryURL string `env:"TALOS_FACTORY_URL, default=https://factory.talos.dev"`
 	// GitHubAPIURL and GitHubToken reach the releases of siderolabs/talos.
-	GitHubAPIURL string `env:"GITHUB_API_URL, default=https://api.github.com/"`
-	GitHubToken  string `env:"GITHUB_TOKEN"`
+	GitHubAPIURL      string `env:"GITHUB_API_URL, default=https://api.github.com/"`
+	GitHubToken       string `env:"GITHUB_TOKEN"`
+	GitHubTokenSecret string `env:"GITHUB_TOKEN_SECRET"`
 
 	// Architectures to build, each with the server types to try in order.
 	Architectures    []string `env:"ARCHITECTURES, default=amd64,arm64"`
@@ -75,16 +79,47 @@ type Config struct {
 	LeaseTTL       time.Duration `env:"LEASE_TTL, default=90s"`
 }
 
-// Load reads the configuration from the process environment and validates it.
-func Load(ctx context.Context) (Config, error) {
-	return LoadFrom(ctx, envconfig.OsLookuper())
+// SecretReader reads a secret by reference; *secret.Reader.
+type SecretReader interface {
+	Read(ctx context.Context, ref string) (string, error)
 }
 
-// LoadFrom reads the configuration through l and validates it.
-func LoadFrom(ctx context.Context, l envconfig.Lookuper) (Config, error) {
+// Load reads the configuration from the process environment, fills the
+// tokens from their secrets and validates it.
+func Load(ctx context.Context, secrets SecretReader) (Config, error) {
+	return LoadFrom(ctx, envconfig.OsLookuper(), secrets)
+}
+
+// LoadFrom reads the configuration through l, fills the tokens from their
+// secrets with secrets (needed only when a *_TOKEN_SECRET is set) and
+// validates it.
+func LoadFrom(ctx context.Context, l envconfig.Lookuper, secrets SecretReader) (Config, error) {
 	var c Config
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l}); err != nil {
 		return Config{}, fmt.Errorf("read configuration: %w", err)
+	}
+	for _, t := range []struct {
+		name      string
+		token     *string
+		secretVar string
+		ref       string
+	}{
+		{"HCLOUD_TOKEN", &c.HCloudToken, "HCLOUD_TOKEN_SECRET", c.HCloudTokenSecret},
+		{"GITHUB_TOKEN", &c.GitHubToken, "GITHUB_TOKEN_SECRET", c.GitHubTokenSecret},
+	} {
+		switch {
+		case t.ref == "":
+		case *t.token != "":
+			return Config{}, fmt.Errorf("read configuration: %s and %s are both set; set one", t.name, t.secretVar)
+		case secrets == nil:
+			return Config{}, fmt.Errorf("read configuration: %s is set but no secret store is configured", t.secretVar)
+		default:
+			v, err := secrets.Read(ctx, t.ref)
+			if err != nil {
+				return Config{}, fmt.Errorf("read configuration: %s: %w", t.secretVar, err)
+			}
+			*t.token = v
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, err
@@ -129,7 +164,7 @@ func (c Config) Validate() error {
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 
 	if c.HCloudToken == "" {
-		add("HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access)")
+		add("HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access), or HCLOUD_TOKEN_SECRET naming a secret that holds it")
 	} else if strings.ContainsAny(c.HCloudToken, " \t\r\n") {
 		add("HCLOUD_TOKEN: contains whitespace") // never echo the token itself
 	}

@@ -17,7 +17,7 @@ const schematicA = "111111111111111111111111111111111111111111111111111111111111
 
 func load(t *testing.T, env map[string]string) (Config, error) {
 	t.Helper()
-	return LoadFrom(context.Background(), envconfig.MapLookuper(env))
+	return LoadFrom(context.Background(), envconfig.MapLookuper(env), nil)
 }
 
 func TestDefaults(t *testing.T) {
@@ -131,7 +131,7 @@ func TestRejections(t *testing.T) {
 		want string // one problem line, exactly
 	}{
 		{"no token", map[string]string{"HCLOUD_TOKEN": ""},
-			"HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access)"},
+			"HCLOUD_TOKEN: is required (a Hetzner Cloud API token with read/write access), or HCLOUD_TOKEN_SECRET naming a secret that holds it"},
 		{"token whitespace", map[string]string{"HCLOUD_TOKEN": "abc def"}, "HCLOUD_TOKEN: contains whitespace"},
 		{"endpoint", map[string]string{"HCLOUD_ENDPOINT": "api.hetzner.cloud"},
 			`HCLOUD_ENDPOINT: "api.hetzner.cloud" is not an http(s) URL`},
@@ -278,5 +278,50 @@ func TestMalformedNumbersAreReadErrors(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), "read configuration:") {
 			t.Errorf("%v: err = %v", env, err)
 		}
+	}
+}
+
+type fakeSecrets map[string]string
+
+func (f fakeSecrets) Read(_ context.Context, ref string) (string, error) {
+	v, ok := f[ref]
+	if !ok {
+		return "", errors.New("ResourceNotFoundException: no such secret")
+	}
+	return v, nil
+}
+
+func TestTokensFromSecrets(t *testing.T) {
+	secrets := fakeSecrets{"hcloud": "h-token", "ssm:/gh": "g-token"}
+	tests := []struct {
+		name          string
+		env           map[string]string
+		secrets       SecretReader
+		hcloud, ghTok string
+		err           string
+	}{
+		{name: "both from secrets", env: map[string]string{"HCLOUD_TOKEN_SECRET": "hcloud", "GITHUB_TOKEN_SECRET": "ssm:/gh"},
+			secrets: secrets, hcloud: "h-token", ghTok: "g-token"},
+		{name: "plain token", env: map[string]string{"HCLOUD_TOKEN": "plain"}, hcloud: "plain"},
+		{name: "both set", env: map[string]string{"HCLOUD_TOKEN": "plain", "HCLOUD_TOKEN_SECRET": "hcloud"}, secrets: secrets,
+			err: "HCLOUD_TOKEN and HCLOUD_TOKEN_SECRET are both set; set one"},
+		{name: "missing secret", env: map[string]string{"HCLOUD_TOKEN_SECRET": "nope"}, secrets: secrets,
+			err: "HCLOUD_TOKEN_SECRET: ResourceNotFoundException"},
+		{name: "no store", env: map[string]string{"HCLOUD_TOKEN_SECRET": "hcloud"},
+			err: "HCLOUD_TOKEN_SECRET is set but no secret store is configured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := LoadFrom(context.Background(), envconfig.MapLookuper(tt.env), tt.secrets)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || c.HCloudToken != tt.hcloud || c.GitHubToken != tt.ghTok {
+				t.Errorf("tokens %q %q, err %v", c.HCloudToken, c.GitHubToken, err)
+			}
+		})
 	}
 }
