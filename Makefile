@@ -42,7 +42,7 @@ local: tools
 	PATH="$(GOBIN):$$PATH" $(GO) run ./infra/cmd/local
 
 e2e:
-	$(GO) test -tags e2e -count=1 -timeout 30m -v ./e2e/...
+	$(GO) test -tags e2e -count=1 -timeout 45m -v -run TestHetznerEndToEnd ./functions/builder
 
 clean:
 	rm -rf bin .aws-sam

@@ -1,0 +1,127 @@
+//go:build e2e
+
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// TestHetznerEndToEnd builds one real snapshot on Hetzner Cloud through the
+// Builder's own code path, checks it with a separate client and deletes it.
+// Everything it creates carries cluster=<run id>, and teardown deletes every
+// server, SSH key and snapshot with that label, whatever happened.
+//
+//	HCLOUD_TOKEN=... make e2e   # E2E_TALOS_VERSION (default v1.13.9), E2E_ARCH (default amd64)
+func TestHetznerEndToEnd(t *testing.T) {
+	token := os.Getenv("HCLOUD_TOKEN")
+	if token == "" {
+		t.Skip("HCLOUD_TOKEN is not set: skipping the end-to-end test on real Hetzner Cloud")
+	}
+	version := envOr("E2E_TALOS_VERSION", "v1.13.9")
+	arch := envOr("E2E_ARCH", "amd64")
+	id := make([]byte, 4)
+	rand.Read(id)
+	run := "e2e-" + hex.EncodeToString(id)
+	t.Setenv("CLUSTER_NAME", run)
+	t.Setenv("ARCHITECTURES", arch)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	cfg, err := config.Load(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A separate, plain hcloud-go client checks and tears down.
+	check := hcloud.NewClient(hcloud.WithToken(token), hcloud.WithEndpoint(cfg.HCloudEndpoint))
+	selector := "cluster=" + run
+	t.Cleanup(func() { teardown(t, check, selector) })
+
+	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
+	schematics, err := build.Schematics(ctx, cfg, factory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := build.New(build.Deps{
+		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: "e2e"}),
+		Factory: factory,
+		Logger:  slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+	}, build.OptionsFrom(cfg, schematics))
+	resp, err := b.RunUntilDone(ctx, build.Request{Version: version, Arch: arch})
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	res := resp.Results[0]
+	t.Logf("built snapshot %d in %s with %s", res.SnapshotID, res.Location, res.ServerType)
+
+	img, _, err := check.Image.GetByID(ctx, res.SnapshotID)
+	if err != nil || img == nil {
+		t.Fatalf("snapshot %d: %v", res.SnapshotID, err)
+	}
+	for k, v := range map[string]string{"os": "talos", "talos_version": version, "version": version, "arch": arch,
+		"talos_schematic_id": schematics[0][:32], "cluster": run} {
+		if img.Labels[k] != v {
+			t.Errorf("label %s = %q, want %q", k, img.Labels[k], v)
+		}
+	}
+	if img.Status != hcloud.ImageStatusAvailable || img.Type != hcloud.ImageTypeSnapshot {
+		t.Errorf("snapshot is %s %s", img.Type, img.Status)
+	}
+	servers, err := check.Server.AllWithOpts(ctx, hcloud.ServerListOpts{ListOpts: hcloud.ListOpts{LabelSelector: selector}})
+	if err != nil || len(servers) != 0 {
+		t.Errorf("build servers left: %d (%v)", len(servers), err)
+	}
+}
+
+func teardown(t *testing.T, c *hcloud.Client, selector string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	opts := hcloud.ListOpts{LabelSelector: selector}
+	servers, err := c.Server.AllWithOpts(ctx, hcloud.ServerListOpts{ListOpts: opts})
+	if err != nil {
+		t.Errorf("teardown: list servers: %v", err)
+	}
+	for _, s := range servers {
+		if _, _, err := c.Server.DeleteWithResult(ctx, s); err != nil {
+			t.Errorf("teardown: delete server %s: %v", s.Name, err)
+		}
+	}
+	keys, err := c.SSHKey.AllWithOpts(ctx, hcloud.SSHKeyListOpts{ListOpts: opts})
+	if err != nil {
+		t.Errorf("teardown: list ssh keys: %v", err)
+	}
+	for _, k := range keys {
+		if _, err := c.SSHKey.Delete(ctx, k); err != nil {
+			t.Errorf("teardown: delete ssh key %s: %v", k.Name, err)
+		}
+	}
+	imgs, err := c.Image.AllWithOpts(ctx, hcloud.ImageListOpts{ListOpts: opts, Type: []hcloud.ImageType{hcloud.ImageTypeSnapshot}})
+	if err != nil {
+		t.Errorf("teardown: list snapshots: %v", err)
+	}
+	for _, img := range imgs {
+		if _, err := c.Image.Delete(ctx, img); err != nil {
+			t.Errorf("teardown: delete snapshot %d: %v", img.ID, err)
+		}
+	}
+	t.Logf("teardown: deleted %d servers, %d ssh keys, %d snapshots labelled %s", len(servers), len(keys), len(imgs), selector)
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

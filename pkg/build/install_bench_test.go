@@ -1,0 +1,434 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// The benchmarks write a Talos-sized image the way the Builder does and the
+// way its peers do, side by side, each inside an emulated rescue system over
+// SSH, on a fresh sparse disk and on a used one. They check the figures
+// FACTS.md has from measurements by hand, and keep them current.
+
+const (
+	benchImageSize = 1280 << 20 // raw hcloud image: 1.25 GiB
+	benchDataBytes = 230 << 20  // of which incompressible data
+	benchDiskSize  = 1536 << 20
+	benchVersion   = "v1.13.9"
+	benchArch      = "amd64"
+)
+
+// benchPipeline is one way of writing the image to /dev/sda.
+type benchPipeline struct {
+	name string
+	// discards is set when the pipeline discards the whole disk first: then
+	// nothing of the disk's old content may remain. The others overwrite the
+	// image's span only.
+	discards bool
+	// stage runs in the rescue system before the timed script.
+	stage  string
+	script string
+}
+
+// benchEnv is what all benchmarks share: the factory serving the image and
+// the rescue pool. It lives as long as the test binary (see TestMain).
+type benchEnv struct {
+	factory   *factory.Factory
+	pool      *rescue.Pool
+	zst, xz   string // image URLs
+	rawPath   string
+	rawDigest string
+	pipelines []benchPipeline
+	// dropErr says why the page cache cannot be dropped; nil if it can.
+	dropErr   error
+	generated time.Duration // how long setting up took
+	nextID    atomic.Int64
+}
+
+var bench struct {
+	once sync.Once
+	env  *benchEnv
+	err  error
+}
+
+// TestMain releases the benchmarks' image and disks, which outlive any one
+// benchmark so that -count>1 does not generate them again.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bench.env != nil {
+		if err := bench.env.close(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}
+	os.Exit(code)
+}
+
+// benchSetup generates the image and its compressed forms once per process.
+func benchSetup(b *testing.B) *benchEnv {
+	b.Helper()
+	bench.once.Do(func() {
+		start := time.Now()
+		bench.env, bench.err = newBenchEnv()
+		if bench.err == nil {
+			bench.env.generated = time.Since(start)
+		}
+	})
+	if bench.err != nil {
+		b.Fatal(bench.err)
+	}
+	return bench.env
+}
+
+func newBenchEnv() (_ *benchEnv, err error) {
+	e := &benchEnv{
+		factory: factory.New(factory.Options{ImageSize: benchImageSize, DataBytes: benchDataBytes, Redirect: true}),
+		pool:    rescue.New(rescue.Options{DiskSize: benchDiskSize, BootDelay: 10 * time.Millisecond, Port: rescuePort}),
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.close())
+		}
+	}()
+	base, err := e.factory.Start()
+	if err != nil {
+		return nil, err
+	}
+	if e.rawPath, e.rawDigest, err = e.factory.Image(talos.VanillaSchematic, benchVersion, benchArch); err != nil {
+		return nil, err
+	}
+	fc := &talos.Factory{BaseURL: base}
+	if e.zst, err = fc.ImageURL(talos.VanillaSchematic, benchVersion, benchArch, talos.Zstd); err != nil {
+		return nil, err
+	}
+	if e.xz, err = fc.ImageURL(talos.VanillaSchematic, benchVersion, benchArch, talos.XZ); err != nil {
+		return nil, err
+	}
+	// The factory compresses on the first request: not in a timed run.
+	if err := e.fetchImages(context.Background()); err != nil {
+		return nil, err
+	}
+	ours, err := installScript(talos.Image{URL: e.zst, Compression: talos.Zstd})
+	if err != nil {
+		return nil, err
+	}
+	e.pipelines = []benchPipeline{
+		{name: "ours", discards: true, script: ours},
+		{
+			name:   "talos-docs",
+			script: fmt.Sprintf("wget -O /tmp/x.raw.xz %s && xz -d -c /tmp/x.raw.xz | dd of=/dev/sda\n", shellQuote(e.xz)),
+		},
+		{
+			name:     "hcloud-upload-image",
+			discards: true,
+			script: fmt.Sprintf("set -euo pipefail\nblkdiscard --force /dev/sda\n"+
+				"wget -O - %s | xz -cd | dd of=/dev/sda bs=4M conv=sparse && sync\n", shellQuote(e.xz)),
+		},
+	}
+	// The limit: the raw image in the rescue system's RAM (its /tmp is a
+	// tmpfs), so there is no download and no decoding, only data to write.
+	// With 4 MiB blocks dd skips only 4 MiB runs of zeros, which a disk image
+	// whose files are spread over its partitions hardly has; 4 KiB blocks
+	// write little more than the data.
+	stage := fmt.Sprintf("set -euo pipefail\ncurl -fsSL %s | zstd -dq -o /tmp/x.raw\n", shellQuote(e.zst))
+	for _, bs := range []string{"4M", "4K"} {
+		e.pipelines = append(e.pipelines, benchPipeline{
+			name:     "limit-" + bs,
+			discards: true,
+			stage:    stage,
+			script:   "set -euo pipefail\nblkdiscard --force /dev/sda\ndd if=/tmp/x.raw of=/dev/sda bs=" + bs + " conv=sparse\nsync\n",
+		})
+	}
+	e.dropErr = dropCaches()
+	return e, nil
+}
+
+func (e *benchEnv) close() error {
+	return errors.Join(e.pool.Close(), e.factory.Close())
+}
+
+// fetchImages downloads both compressed images, which also puts them in the
+// page cache: a download over a fast network, not a read from our disk, is
+// what the pipelines should wait for.
+func (e *benchEnv) fetchImages(ctx context.Context) error {
+	for _, u := range []string{e.zst, e.xz} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", u, err)
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", u, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("fetch %s: %s", u, resp.Status)
+		}
+	}
+	return nil
+}
+
+// BenchmarkInstall writes the image with each pipeline on a fresh sparse
+// disk and on a dirty one: filled with random data and, if the kernel lets
+// us, with the page cache dropped, like a used disk on a freshly booted
+// machine. Metrics: s/op of the pipeline alone, MB/s of raw image size,
+// alloc-MB allocated by the disk file afterwards, stale-MB of old data left
+// behind the image. A disk that does not hold the image fails the run.
+func BenchmarkInstall(b *testing.B) {
+	e := benchSetup(b)
+	// Only leaf benchmarks print their logs without -v.
+	var noteOnce sync.Once
+	note := func(b *testing.B) {
+		noteOnce.Do(func() {
+			b.Logf("image: %d MiB raw, %d MiB data; generated in %s", benchImageSize>>20, benchDataBytes>>20,
+				e.generated.Round(time.Millisecond))
+			if e.dropErr != nil {
+				b.Logf("page cache NOT dropped before dirty runs: %v", e.dropErr)
+			} else {
+				b.Log("page cache dropped before dirty runs")
+			}
+		})
+	}
+	for _, p := range e.pipelines {
+		for _, dirty := range []bool{false, true} {
+			name := p.name + "/fresh"
+			if dirty {
+				name = p.name + "/dirty"
+			}
+			b.Run(name, func(b *testing.B) {
+				note(b)
+				var total time.Duration
+				var res benchResult
+				for range b.N {
+					res = e.run(b, p, dirty)
+					total += res.elapsed
+				}
+				secs := total.Seconds() / float64(b.N)
+				b.ReportMetric(0, "ns/op") // suppressed: s/op says it readably, without setup
+				b.ReportMetric(secs, "s/op")
+				b.ReportMetric(benchImageSize/1e6/secs, "MB/s")
+				b.ReportMetric(float64(res.alloc)/1e6, "alloc-MB")
+				b.ReportMetric(float64(res.stale)/1e6, "stale-MB")
+			})
+		}
+	}
+}
+
+type benchResult struct {
+	elapsed time.Duration
+	alloc   int64 // bytes the disk file allocates
+	stale   int64 // non-zero bytes behind the image
+}
+
+// run writes the image once with p on a new machine and checks the disk.
+func (e *benchEnv) run(b *testing.B, p benchPipeline, dirty bool) benchResult {
+	ctx, cancel := context.WithTimeout(b.Context(), 5*time.Minute)
+	defer cancel()
+	id := e.nextID.Add(1)
+	var prepare func(string) error
+	if dirty {
+		prepare = fillRandom
+	}
+	client, diskPath, err := newRescue(ctx, e.pool, id, prepare)
+	if err != nil {
+		b.Fatalf("rescue host: %v", err)
+	}
+	defer func() {
+		client.Close()
+		if err := e.pool.Delete(id); err != nil {
+			b.Errorf("delete machine: %v", err)
+		}
+	}()
+	if p.stage != "" {
+		if err := client.Run(ctx, p.stage, nil); err != nil {
+			b.Fatalf("%s: stage: %v", p.name, err)
+		}
+	}
+	if dirty && e.dropErr == nil {
+		if err := dropCaches(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Back into the cache what a real rescue system would have in RAM or
+	// fetch from the network: its programs and the images.
+	if err := client.Run(ctx, warmCommand, nil); err != nil {
+		b.Fatalf("warm up: %v", err)
+	}
+	if err := e.fetchImages(ctx); err != nil {
+		b.Fatal(err)
+	}
+
+	start := time.Now()
+	err = client.Run(ctx, p.script, nil)
+	res := benchResult{elapsed: time.Since(start)}
+	if err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	if res.alloc, err = allocated(diskPath); err != nil {
+		b.Fatal(err)
+	}
+	if res.stale, err = e.checkDisk(diskPath, p.discards); err != nil {
+		b.Fatalf("%s: %v", p.name, err)
+	}
+	return res
+}
+
+// warmCommand loads the programs the pipelines run.
+const warmCommand = `for c in curl wget xz zstd dd sync getopt stat fallocate; do "$c" --version >/dev/null; done`
+
+// checkDisk checks that the disk holds the image. After a discard the whole
+// disk must equal the image followed by zeros. Otherwise the image's span
+// must equal the image; stale returns how much old data is left behind it,
+// which a snapshot of the disk would carry along.
+func (e *benchEnv) checkDisk(diskPath string, discards bool) (stale int64, err error) {
+	got, err := disk.FileDigest(diskPath)
+	if err != nil {
+		return 0, err
+	}
+	if got == e.rawDigest {
+		return 0, nil
+	}
+	if discards {
+		return 0, fmt.Errorf("disk digest %s, want the image's %s", got, e.rawDigest)
+	}
+	off, err := firstDifference(diskPath, e.rawPath, benchImageSize)
+	if err != nil {
+		return 0, err
+	}
+	if off >= 0 {
+		return 0, fmt.Errorf("disk differs from the image at byte %d", off)
+	}
+	return nonZeroBytes(diskPath, benchImageSize)
+}
+
+// firstDifference returns the offset of the first byte in which the first n
+// bytes of files a and b differ, or -1.
+func firstDifference(a, b string, n int64) (int64, error) {
+	fa, err := os.Open(a)
+	if err != nil {
+		return 0, err
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		return 0, err
+	}
+	defer fb.Close()
+	const chunk = 4 << 20
+	ba, bb := make([]byte, chunk), make([]byte, chunk)
+	for off := int64(0); off < n; off += chunk {
+		m := min(chunk, n-off)
+		if _, err := fa.ReadAt(ba[:m], off); err != nil {
+			return 0, fmt.Errorf("read %s: %w", a, err)
+		}
+		if _, err := fb.ReadAt(bb[:m], off); err != nil {
+			return 0, fmt.Errorf("read %s: %w", b, err)
+		}
+		if !bytes.Equal(ba[:m], bb[:m]) {
+			for i := range m {
+				if ba[i] != bb[i] {
+					return off + i, nil
+				}
+			}
+		}
+	}
+	return -1, nil
+}
+
+// nonZeroBytes returns the size of the 4 KiB blocks of the file from off on
+// that hold anything but zeros.
+func nonZeroBytes(path string, off int64) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	const block = 4 << 10
+	buf, zero := make([]byte, 1<<20), make([]byte, block)
+	var n int64
+	for {
+		m, err := f.ReadAt(buf, off)
+		for i := 0; i+block <= m; i += block {
+			if !bytes.Equal(buf[i:i+block], zero) {
+				n += block
+			}
+		}
+		off += int64(m)
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read %s: %w", path, err)
+		}
+	}
+}
+
+// allocated returns the bytes the file occupies on its filesystem.
+func allocated(path string) (int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return st.Sys().(*syscall.Stat_t).Blocks * 512, nil
+}
+
+// fillRandom overwrites the whole file with random data and writes it back
+// to the disk, as a disk that held an OS is full of old data.
+func fillRandom(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	rnd := rand.NewChaCha8([32]byte{'d', 'i', 'r', 't', 'y'})
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < st.Size(); off += int64(len(buf)) {
+		m := min(int64(len(buf)), st.Size()-off)
+		_, _ = rnd.Read(buf[:m]) // ChaCha8.Read never fails
+		if _, err := f.WriteAt(buf[:m], off); err != nil {
+			return fmt.Errorf("fill %s: %w", path, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fill %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// dropCaches writes dirty pages back and empties the page cache, so that the
+// disk's old content has to be read from the device, as after a boot.
+func dropCaches() error {
+	syscall.Sync()
+	f, err := os.OpenFile("/proc/sys/vm/drop_caches", os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("drop page cache: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("3\n"); err != nil {
+		return fmt.Errorf("drop page cache: %w", err)
+	}
+	return f.Close()
+}
