@@ -1,7 +1,9 @@
 // Command local runs the main job on the local stack: it starts the local
-// cloud, deploys the Builder's real bootstrap under the Lambda emulator,
-// asks it for snapshots of a Talos release for every architecture, shows
-// each step as the function logs it and prints the snapshots it made.
+// cloud (Hetzner API with rescue hosts, Image Factory, GitHub releases of
+// siderolabs/talos), deploys the Poller's and the Builder's real bootstraps
+// under the Lambda emulator and polls until there is nothing left to do:
+// each poll's plan, each build step as the Builder logs it, and at the end
+// the snapshots with a check that each one holds its factory image.
 // `make local` runs it; it needs root (rescue hosts use mount namespaces).
 package main
 
@@ -13,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -20,25 +23,24 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
 
 func main() {
-	version := flag.String("version", "v1.13.9", "Talos release to build")
 	boot := flag.Duration("boot-delay", time.Second, "time a rescue system takes to accept SSH (Hetzner: ~80s)")
 	snapshot := flag.Duration("snapshot-time", 3*time.Second, "time Hetzner takes to create a snapshot")
 	flag.Parse()
-	if err := run(*version, *boot, *snapshot); err != nil {
+	if err := run(*boot, *snapshot); err != nil {
 		fmt.Fprintln(os.Stderr, "local:", err)
 		os.Exit(1)
 	}
 }
 
-func run(version string, boot, snapshot time.Duration) error {
+func run(boot, snapshot time.Duration) error {
 	out := &progress{w: os.Stdout, start: time.Now()}
 	st, err := stack.Start(stack.Options{
 		BootDelay: boot, ActionDuration: 200 * time.Millisecond,
@@ -56,41 +58,73 @@ func run(version string, boot, snapshot time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	out.printf("building the Builder's bootstrap\n")
-	bootstrap, err := stack.BuildBootstrap("./functions/builder", dir)
-	if err != nil {
-		return err
-	}
-	emu, err := st.StartLambda(map[string]lambda.Function{"builder": {
-		Bootstrap: bootstrap, Timeout: 5 * time.Minute, PoolSize: 4,
+	fns := map[string]lambda.Function{
 		// Budgets for the emulated delays; Hetzner's real ones are the defaults.
-		Env: map[string]string{"INSTALL_TIMEOUT": "1m", "STEP_TIMEOUT": "20s", "SNAPSHOT_WAIT": "30s"},
-	}})
+		"builder": {Timeout: 5 * time.Minute, PoolSize: 4,
+			Env: map[string]string{"INSTALL_TIMEOUT": "1m", "STEP_TIMEOUT": "20s", "SNAPSHOT_WAIT": "30s"}},
+		"poller": {Timeout: time.Minute, PoolSize: 1, Env: map[string]string{"BUILDER_FUNCTION_NAME": "builder"}},
+	}
+	for name, fn := range fns {
+		out.printf("building the %s's bootstrap\n", name)
+		if fn.Bootstrap, err = stack.BuildBootstrap("./functions/"+name, filepath.Join(dir, name)); err != nil {
+			return err
+		}
+		fns[name] = fn
+	}
+	emu, err := st.StartLambda(fns)
 	if err != nil {
 		return err
 	}
 	defer emu.Close()
-	out.printf("Lambda emulator %s runs function %q\n\n", emu.URL(), "builder")
+	out.printf("Lambda emulator %s runs the functions \"poller\" and \"builder\"\n", emu.URL())
 
-	api := awslambda.New(awslambda.Options{Region: "eu-central-1", BaseEndpoint: aws.String(emu.URL()),
-		Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")})
-	payload := fmt.Sprintf(`{"version":%q}`, version)
-	out.printf("invoke builder %s\n", payload)
-	res, err := api.Invoke(context.Background(), &awslambda.InvokeInput{
-		FunctionName: aws.String("builder"), Payload: []byte(payload)})
-	if err != nil {
-		return err
-	}
-	out.printf("\nresult:\n%s\n", indent(res.Payload))
-	// Builds that continue in new invocations of the Builder finish there.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	if err := emu.WaitIdle(ctx); err != nil {
-		return err
+	api := stack.LambdaClient(emu)
+	released := false
+	for i := 1; i <= 8; i++ {
+		out.printf("\n== poll %d\n", i)
+		res, err := api.Invoke(context.Background(), &awslambda.InvokeInput{
+			FunctionName: aws.String("poller"), Payload: []byte(`{}`)})
+		if err != nil {
+			return err
+		}
+		if res.FunctionError != nil {
+			return fmt.Errorf("the poller failed: %s", res.Payload)
+		}
+		var rep poll.Report
+		if err := json.Unmarshal(res.Payload, &rep); err != nil {
+			return err
+		}
+		out.printf("releases seen %d, tracked %v, builds %s, deferred %s, re-driven %s, pruned %s\n",
+			rep.ReleasesSeen, rep.Tracked, items(rep.Builds), items(rep.Deferred), items(rep.Redrives), pruned(rep.Prune))
+		if rep.Plan.Empty() {
+			out.printf("nothing left to do\n")
+			if released {
+				break
+			}
+			// Talos publishes the patch it drafted: the next poll builds it.
+			const patch = "v1.13.10"
+			if _, err := st.GitHub.PublishRelease(patch); err != nil {
+				return err
+			}
+			if err := st.Factory.SetAvailable(patch, true); err != nil {
+				return err
+			}
+			released = true
+			out.printf("\n== siderolabs/talos publishes %s\n", patch)
+			continue
+		}
+		// The builds run as asynchronous invocations of the Builder.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		err = emu.WaitIdle(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSNAPSHOT\tSTATUS\tARCH\tTALOS\tSCHEMATIC\tDISK = IMAGE")
+	fmt.Fprintln(tw, "\nSNAPSHOT\tSTATUS\tARCH\tTALOS\tSCHEMATIC\tCREATED\tDISK = IMAGE")
+	failed := false
 	for _, img := range st.Cloud.Images() {
 		if img.Type != "snapshot" {
 			continue
@@ -98,15 +132,39 @@ func run(version string, boot, snapshot time.Duration) error {
 		l := img.Labels
 		_, want, err := st.Factory.Image(l["talos_schematic_id"]+l["hcloud-k8s.io/schematic-rest"], l["talos_version"], l["arch"])
 		same := err == nil && want == img.Digest
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s…\t%v\n", img.ID, img.Status, l["arch"], l["talos_version"], l["talos_schematic_id"][:8], same)
+		failed = failed || !same
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s…\t%s\t%v\n", img.ID, img.Status, l["arch"], l["talos_version"],
+			l["talos_schematic_id"][:8], img.Created.Format(time.TimeOnly), same)
 	}
 	tw.Flush()
-	fmt.Printf("\nservers left: %d, ssh keys left: %d, Hetzner API requests: %d, Lambda invocations: %d\n",
-		len(st.Cloud.Servers()), len(st.Cloud.SSHKeys()), len(st.Cloud.Requests()), len(emu.Invocations("")))
-	if res.FunctionError != nil {
-		return fmt.Errorf("the builder failed")
+	var billed int64
+	for _, inv := range emu.Invocations("") {
+		billed += inv.BilledMS
+	}
+	fmt.Printf("\nservers left: %d, ssh keys left: %d, Hetzner API requests: %d, Lambda invocations: %d (%d ms billed)\n",
+		len(st.Cloud.Servers()), len(st.Cloud.SSHKeys()), len(st.Cloud.Requests()), len(emu.Invocations("")), billed)
+	if failed {
+		return fmt.Errorf("a snapshot does not hold its image")
 	}
 	return nil
+}
+
+func pruned(rs []poll.Resource) string {
+	var s []string
+	for _, r := range rs {
+		if r.Target != nil {
+			s = append(s, r.Target.Version+"/"+r.Target.Arch)
+		}
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
+
+func items(its []poll.Item) string {
+	var s []string
+	for _, it := range its {
+		s = append(s, it.Version+"/"+it.Arch)
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }
 
 func indent(b []byte) string {
@@ -166,6 +224,9 @@ func (p *progress) Handle(_ context.Context, r slog.Record) error {
 	}
 	if line["stream"] != nil {
 		msg = "  | " + msg // output of the command on the rescue system
+	}
+	if target == "" {
+		return nil // the poller's lines: its report says it better
 	}
 	p.printf("%6.1fs  %-24s %-9s %s %s\n", time.Since(p.start).Seconds(), target, step, msg, strings.Join(extra, " "))
 	return nil

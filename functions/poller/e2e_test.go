@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
+)
+
+// The tests in this file deploy both functions' real bootstraps under the
+// Lambda Runtime Interface Emulator against the local cloud: the Poller
+// invokes the Builder through the Lambda Invoke API, as in AWS.
+
+var bootstraps = map[string]string{}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "poller-bootstrap-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for name, pkg := range map[string]string{"poller": "./functions/poller", "builder": "./functions/builder"} {
+		if bootstraps[name], err = stack.BuildBootstrap(pkg, filepath.Join(dir, name)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type world struct {
+	t   *testing.T
+	st  *stack.Stack
+	emu *lambda.Emulator
+	api *awslambda.Client
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	st, err := stack.Start(stack.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
+	emu, err := st.StartLambda(map[string]lambda.Function{
+		"builder": {Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 4},
+		"poller":  {Bootstrap: bootstraps["poller"], Env: map[string]string{"BUILDER_FUNCTION_NAME": "builder"}, Timeout: time.Minute, PoolSize: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	return &world{t: t, st: st, emu: emu, api: stack.LambdaClient(emu)}
+}
+
+// poll invokes the Poller, waits until every build it started has ended
+// and returns its report.
+func (w *world) poll(payload string) poll.Report {
+	w.t.Helper()
+	out, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
+		FunctionName: aws.String("poller"), Payload: []byte(payload)})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if out.FunctionError != nil {
+		w.t.Fatalf("poller failed: %s", out.Payload)
+	}
+	var rep poll.Report
+	if err := json.Unmarshal(out.Payload, &rep); err != nil {
+		w.t.Fatalf("report %s: %v", out.Payload, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := w.emu.WaitIdle(ctx); err != nil {
+		w.t.Fatal(err)
+	}
+	return rep
+}
+
+func targets(items []poll.Item) []string {
+	out := []string{}
+	for _, it := range items {
+		out = append(out, it.Version+"/"+it.Arch)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *world) snapshots() []string {
+	out := []string{}
+	for _, img := range w.st.Cloud.Images() {
+		if img.Type != "snapshot" {
+			continue
+		}
+		t, ok := build.TargetFromLabels(img.Labels)
+		if !ok {
+			out = append(out, "unmanaged:"+img.Labels["version"])
+			continue
+		}
+		_, digest, err := w.st.Factory.Image(t.Schematic, t.Version, t.Arch)
+		if err != nil || digest != img.Digest || img.Status != "available" {
+			w.t.Errorf("snapshot %d of %v: %s, digest %s, want %s", img.ID, t, img.Status, img.Digest, digest)
+		}
+		out = append(out, t.Version+"/"+t.Arch)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *world) checkNothingLeft() {
+	w.t.Helper()
+	if s := w.st.Cloud.Servers(); len(s) != 0 {
+		w.t.Errorf("servers left: %+v", s)
+	}
+	if k := w.st.Cloud.SSHKeys(); len(k) != 0 {
+		w.t.Errorf("ssh keys left: %+v", k)
+	}
+}
+
+// TestPollsBuildTheTrackedReleases follows a fresh deploy: a dry run that
+// changes nothing, polls that build the newest patch of the two newest
+// minors for both architectures (one build at a time per architecture,
+// oldest first), a poll with nothing to do, and an unmanaged os=talos
+// snapshot that survives all of it.
+func TestPollsBuildTheTrackedReleases(t *testing.T) {
+	w := newWorld(t)
+	unmanaged, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Description: "hand-made",
+		Architecture: "x86", Labels: map[string]string{"os": "talos", "version": "v1.9.0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dry := w.poll(`{"dry_run":true}`)
+	if got := targets(dry.Builds); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {
+		t.Errorf("dry run builds %v", got)
+	}
+	if len(w.emu.Invocations("builder")) != 0 || len(w.snapshots()) != 1 {
+		t.Fatal("the dry run acted")
+	}
+	if !slices.Equal(dry.Tracked, []string{"v1.12.8", "v1.13.9"}) && !slices.Equal(dry.Tracked, []string{"v1.13.9", "v1.12.8"}) {
+		t.Errorf("tracked %v", dry.Tracked)
+	}
+
+	first := w.poll(`{"source":"aws.scheduler"}`)
+	if got := targets(first.Builds); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {
+		t.Errorf("first poll builds %v", got)
+	}
+	second := w.poll(`{}`)
+	if got := targets(second.Builds); !slices.Equal(got, []string{"v1.13.9/amd64", "v1.13.9/arm64"}) {
+		t.Errorf("second poll builds %v", got)
+	}
+	third := w.poll(`{}`)
+	if !third.Plan.Empty() {
+		t.Errorf("third poll plans %+v", third.Plan)
+	}
+	want := []string{"unmanaged:v1.9.0", "v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}
+	if got := w.snapshots(); !slices.Equal(got, want) {
+		t.Errorf("snapshots %v, want %v", got, want)
+	}
+	// The most recent snapshot of each architecture is the highest version.
+	latest := map[string]hetzner.Image{}
+	for _, img := range w.st.Cloud.Images() {
+		if img.Labels["hcloud-k8s.io/managed-by"] != "" && img.Created.After(latest[img.Labels["arch"]].Created) {
+			latest[img.Labels["arch"]] = img
+		}
+	}
+	for arch, img := range latest {
+		if img.Labels["talos_version"] != "v1.13.9" {
+			t.Errorf("most recent %s snapshot is %s", arch, img.Labels["talos_version"])
+		}
+	}
+	if _, ok := w.st.Cloud.Image(unmanaged.ID); !ok {
+		t.Error("the unmanaged snapshot was deleted")
+	}
+	w.checkNothingLeft()
+}
+
+// TestKilledBuildIsRedriven kills the Builder in the middle of the write;
+// Lambda's retries find the lease still held, and the next poll re-drives
+// the build to completion.
+func TestKilledBuildIsRedriven(t *testing.T) {
+	w := newWorld(t)
+	killed := w.emu.KillOn("builder", func(line string) bool {
+		return strings.Contains(line, `"message":"writing image"`) && strings.Contains(line, "amd64")
+	})
+	w.poll(`{}`)
+	select {
+	case <-killed:
+	default:
+		t.Fatal("no build was killed")
+	}
+	if got := w.snapshots(); !slices.Equal(got, []string{"v1.12.8/arm64"}) {
+		t.Fatalf("snapshots after the kill: %v", got)
+	}
+	time.Sleep(3 * time.Second) // LEASE_TTL: the killed invocation's lease expires
+	rep := w.poll(`{}`)
+	if got := targets(rep.Redrives); !slices.Equal(got, []string{"v1.12.8/amd64"}) {
+		t.Errorf("re-drives %v", got)
+	}
+	if got := w.snapshots(); !slices.Contains(got, "v1.12.8/amd64") {
+		t.Errorf("snapshots after the re-drive: %v", got)
+	}
+	w.poll(`{}`)
+	if rep := w.poll(`{}`); !rep.Plan.Empty() {
+		t.Errorf("last poll plans %+v", rep.Plan)
+	}
+	w.checkNothingLeft()
+}

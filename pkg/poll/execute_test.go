@@ -1,0 +1,116 @@
+package poll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+)
+
+// fakeDeleter records deletions in order and fails those in fail.
+type fakeDeleter struct {
+	calls []string
+	fail  map[string]bool
+}
+
+func (f *fakeDeleter) do(call string) error {
+	f.calls = append(f.calls, call)
+	if f.fail[call] {
+		return fmt.Errorf("%s: boom", call)
+	}
+	return nil
+}
+
+func (f *fakeDeleter) DeleteServer(_ context.Context, s *hcloud.Server) error {
+	return f.do(fmt.Sprintf("server %d %s", s.ID, s.Name))
+}
+func (f *fakeDeleter) DeleteImage(_ context.Context, img *hcloud.Image) error {
+	return f.do(fmt.Sprintf("image %d", img.ID))
+}
+func (f *fakeDeleter) DeleteSSHKey(_ context.Context, k *hcloud.SSHKey) error {
+	return f.do(fmt.Sprintf("key %d %s", k.ID, k.Name))
+}
+
+func TestExecutorApply(t *testing.T) {
+	plan := func() *Plan {
+		return &Plan{
+			Builds:         []Item{{Target: tgt("v1.13.9/amd64"), Force: true, Reason: "r"}, {Target: tgt("v1.13.9/arm64"), Reason: "r"}},
+			Redrives:       []Item{{Target: tgt("v1.12.8/amd64"), Server: "s", Reason: "r"}},
+			Deferred:       []Item{{Target: tgt("v1.12.8/arm64"), Reason: "r"}},
+			CollectServers: []Resource{{ID: 1, Name: "old-server", Reason: "r"}},
+			CollectKeys:    []Resource{{ID: 2, Name: "old-key", Reason: "r"}},
+			Prune:          []Resource{{ID: 3, Reason: "r"}, {ID: 4, Reason: "r"}},
+		}
+	}
+	var invoked []string
+	var builder InvokerFunc = func(_ context.Context, r build.Request) error {
+		invoked = append(invoked, fmt.Sprintf("%s/%s force=%v", r.Version, r.Arch, r.Force))
+		if r.Arch == "arm64" && r.Version == "v1.13.9" {
+			return errors.New("throttled")
+		}
+		if r.Schematic != qga {
+			return fmt.Errorf("unexpected request %+v", r)
+		}
+		return nil
+	}
+	cloud := &fakeDeleter{fail: map[string]bool{"image 3": true}}
+	p := plan()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	err := Executor{Cloud: cloud, Builder: builder, Logger: log}.Apply(context.Background(), p)
+
+	wantCalls := []string{"server 1 old-server", "key 2 old-key", "image 3", "image 4"}
+	if !slices.Equal(cloud.calls, wantCalls) {
+		t.Errorf("deletions %v, want %v", cloud.calls, wantCalls)
+	}
+	want := []string{"v1.12.8/amd64 force=false", "v1.13.9/amd64 force=true", "v1.13.9/arm64 force=false"}
+	if !slices.Equal(invoked, want) {
+		t.Errorf("invoked %v, want re-drives then builds, forced as planned: %v", invoked, want)
+	}
+	if err == nil || !strings.Contains(err.Error(), "image 3") || !strings.Contains(err.Error(), "throttled") {
+		t.Errorf("err = %v, want both failures", err)
+	}
+	if p.Prune[0].Error == "" || p.Prune[1].Error != "" || p.Builds[1].Error == "" || p.Builds[0].Error != "" {
+		t.Errorf("errors not recorded on the failed items only: %+v %+v", p.Prune, p.Builds)
+	}
+
+	// Without a Builder, deletions still happen and invocations fail.
+	cloud = &fakeDeleter{}
+	p = plan()
+	err = Executor{Cloud: cloud, Logger: log}.Apply(context.Background(), p)
+	if len(cloud.calls) != 4 || !errors.Is(err, errNoBuilder) || p.Redrives[0].Error == "" {
+		t.Errorf("without a builder: calls %v, err %v", cloud.calls, err)
+	}
+}
+
+func TestParsePayload(t *testing.T) {
+	tests := []struct {
+		payload string
+		dryRun  bool
+		err     bool
+	}{
+		{``, false, false},
+		{`null`, false, false},
+		{`{}`, false, false},
+		{`{"dry_run":true}`, true, false},
+		{`{"dry_run":false}`, false, false},
+		{`{"version":"0","id":"53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa","detail-type":"Scheduled Event","source":"aws.events",` +
+			`"time":"2026-11-10T12:00:00Z","resources":["arn:aws:events:eu-central-1:123456789012:rule/poll"],"detail":{}}`, false, false},
+		{`{"dry_run":"yes"}`, false, true},
+		{`[true]`, false, true},
+		{`{"dry_run":tru`, false, true},
+	}
+	for _, tt := range tests {
+		dry, err := ParsePayload([]byte(tt.payload))
+		if dry != tt.dryRun || (err != nil) != tt.err {
+			t.Errorf("ParsePayload(%s) = %v, %v; want %v, error %v", tt.payload, dry, err, tt.dryRun, tt.err)
+		}
+	}
+}
