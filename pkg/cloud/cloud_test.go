@@ -1,0 +1,103 @@
+package cloud
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+)
+
+func start(t *testing.T, f hetzner.Faults) (*Client, *hetzner.Cloud) {
+	t.Helper()
+	emu := hetzner.New(hetzner.Options{Faults: f, Seed: 3, ActionDuration: 20 * time.Millisecond})
+	url, err := emu.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	return New(Options{Token: hetzner.DefaultToken, Endpoint: url, PollInterval: 50 * time.Millisecond,
+		RetryBase: 10 * time.Millisecond, MaxRetries: 8}), emu
+}
+
+// TestLifecycleThroughFaults drives a server through what a build does
+// while the API answers 503 unavailable and 423 locked now and then:
+// hcloud-go retries neither, the client's transport does.
+func TestLifecycleThroughFaults(t *testing.T) {
+	c, emu := start(t, hetzner.Faults{Transient: 0.3, TransientErrors: []hetzner.Fault{hetzner.FaultUnavailable}, Locked: 0.3})
+	ctx := context.Background()
+	key, err := c.CreateSSHKey(ctx, "k", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5MwdmZ2qzK7W0ClPXiGwD9D", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := c.CreateServer(ctx, CreateServerOpts{Name: "s", ServerType: "cx23", Location: "fsn1", Image: "debian-12",
+		Labels: map[string]string{"step": "install"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Status != hcloud.ServerStatusOff {
+		t.Errorf("created server is %s, want off", srv.Status)
+	}
+	for _, step := range []func() error{
+		func() error { return c.EnableRescue(ctx, srv, key) },
+		func() error { return c.Boot(ctx, srv) },
+		func() error { return c.PowerOff(ctx, srv) },
+		func() error { return c.SetServerLabels(ctx, srv, map[string]string{"step": "snapshot"}) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img, err := c.CreateSnapshot(ctx, srv, "d", map[string]string{"os": "talos"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := c.Snapshots(ctx, "os=talos")
+	if err != nil || len(snaps) != 1 || snaps[0].ID != img.ID {
+		t.Fatalf("snapshots = %v, %v", snaps, err)
+	}
+	if err := c.DeleteServer(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteServer(ctx, srv); err != nil {
+		t.Errorf("deleting a deleted server: %v", err)
+	}
+	if got, err := c.ServerByName(ctx, "s"); got != nil || err != nil {
+		t.Errorf("ServerByName after delete = %v, %v", got, err)
+	}
+	var retried int
+	for _, r := range emu.Requests() {
+		if r.Status == 503 || r.Status == 423 {
+			retried++
+		}
+	}
+	if retried == 0 {
+		t.Error("no fault was injected")
+	}
+}
+
+func TestErrorClasses(t *testing.T) {
+	c, _ := start(t, hetzner.Faults{Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}}})
+	ctx := context.Background()
+	create := func(name, typ, loc string) error {
+		_, err := c.CreateServer(ctx, CreateServerOpts{Name: name, ServerType: typ, Location: loc, Image: "debian-12"})
+		return err
+	}
+	if err := create("a", "cax11", "fsn1"); !IsNoCapacity(err) {
+		t.Errorf("out of stock: %v", err)
+	}
+	if err := create("b", "cax11", "ash"); !IsNoCapacity(err) {
+		t.Errorf("not sold in the location: %v", err)
+	}
+	if err := create("c", "cx23", "fsn1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := create("c", "cx23", "fsn1"); !IsConflict(err) || IsNoCapacity(err) {
+		t.Errorf("same name: %v", err)
+	}
+	if err := create("d", "cx22", "fsn1"); err == nil || IsNoCapacity(err) {
+		t.Errorf("removed type: %v", err)
+	}
+}
