@@ -85,7 +85,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 		if errors.As(err, &mismatch) {
 			return nil, err
 		}
-		if ctx.Err() == nil || last == nil {
+		if !ended(ctx) || last == nil {
 			last = err
 		}
 		d.logger().DebugContext(ctx, "ssh not ready", "addr", d.Addr, "attempt", attempt, "error", err)
@@ -96,6 +96,16 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 		}
 		backoff = min(backoff*3/2, maxBackoff)
 	}
+}
+
+// ended tells whether ctx is done or past its deadline: a dial cut short by
+// the deadline can return before ctx's own timer marks it done.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	deadline, ok := ctx.Deadline()
+	return ok && !time.Now().Before(deadline)
 }
 
 // HostKeyMismatchError means the host presented another key than the one
