@@ -11,7 +11,7 @@ LDFLAGS      := -s -w
 RIE_VERSION  := v0.0.0-20261030222936-bef5c4ba774d
 GOBIN        := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: build-Poller build-Builder build test bench local e2e tools clean
+.PHONY: build-Poller build-Builder build test bench local invoke e2e tools clean
 
 build-Poller:
 	GOOS=$(GOOS) GOARCH=$(GOARCH) CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags '$(LDFLAGS)' \
@@ -40,6 +40,11 @@ bench: tools
 
 local: tools
 	PATH="$(GOBIN):$$PATH" $(GO) run ./infra/cmd/local
+
+# One function run locally without Docker, as `sam local invoke FN -e EVENT`
+# would: make invoke FN=Builder EVENT=events/build.json
+invoke: tools
+	PATH="$(GOBIN):$$PATH" scripts/invoke $(FN) $(EVENT)
 
 e2e:
 	$(GO) test -tags e2e -count=1 -timeout 45m -v -run TestHetznerEndToEnd ./functions/builder
