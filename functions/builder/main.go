@@ -9,71 +9,37 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-lambda-go/lambdacontext"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/invoke"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/secret"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 var version = "dev"
 
-func main() {
-	inLambda := os.Getenv("AWS_LAMBDA_RUNTIME_API") != ""
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if inLambda {
-		logger = lambdacontext.NewLogger()
-	}
-	slog.SetDefault(logger)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, inLambda, logger); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
+func main() { function.Main(run) }
 
-func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
-	secrets, err := secret.NewReader(ctx)
+func run(ctx context.Context, logger *slog.Logger) error {
+	s, err := function.Load(ctx, version)
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(ctx, secrets)
-	if err != nil {
-		return err
-	}
-	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
-	schematics, err := build.Schematics(ctx, cfg, factory)
-	if err != nil {
-		return err
-	}
-	deps := build.Deps{
-		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: version}),
-		Factory: factory,
-		Logger:  logger,
-	}
-	if !inLambda {
+	deps := build.Deps{Cloud: s.Cloud, Factory: s.Factory, Logger: logger}
+	opts := build.OptionsFrom(s.Config, s.Schematics)
+	if !function.InLambda() {
 		req, err := requestFromArgs(os.Args[1:], os.Stdin)
 		if err != nil {
 			return err
 		}
-		resp, err := build.New(deps, build.OptionsFrom(cfg, schematics)).RunUntilDone(ctx, req)
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if encErr := enc.Encode(resp); encErr != nil {
+		resp, err := build.New(deps, opts).RunUntilDone(ctx, req)
+		if encErr := function.Print(resp); encErr != nil {
 			return encErr
 		}
 		return err
@@ -89,7 +55,7 @@ func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
 		}
 		return "unknown"
 	}
-	lambda.StartWithOptions(build.New(deps, build.OptionsFrom(cfg, schematics)).HandlePayload, lambda.WithContext(ctx))
+	lambda.StartWithOptions(build.New(deps, opts).HandlePayload, lambda.WithContext(ctx))
 	return nil
 }
 

@@ -8,46 +8,26 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-lambda-go/lambdacontext"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/invoke"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/release"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/secret"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 var version = "dev"
 
-func main() {
-	inLambda := os.Getenv("AWS_LAMBDA_RUNTIME_API") != ""
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if inLambda {
-		logger = lambdacontext.NewLogger()
-	}
-	slog.SetDefault(logger)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, inLambda, logger); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
+func main() { function.Main(run) }
 
-func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
+func run(ctx context.Context, logger *slog.Logger) error {
+	inLambda := function.InLambda()
 	fs := flag.NewFlagSet("poller", flag.ContinueOnError)
 	dryRun := fs.Bool("dry-run", false, "report the plan without acting")
 	if !inLambda {
@@ -55,20 +35,12 @@ func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
 			return err
 		}
 	}
-	secrets, err := secret.NewReader(ctx)
+	s, err := function.Load(ctx, version)
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(ctx, secrets)
-	if err != nil {
-		return err
-	}
-	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
-	schematics, err := build.Schematics(ctx, cfg, factory)
-	if err != nil {
-		return err
-	}
-	opts, err := poll.OptionsFrom(cfg, schematics)
+	cfg := s.Config
+	opts, err := poll.OptionsFrom(cfg, s.Schematics)
 	if err != nil {
 		return err
 	}
@@ -78,8 +50,8 @@ func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
 	}
 	deps := poll.Deps{
 		Releases: releases,
-		Cloud:    cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: version}),
-		Factory:  factory,
+		Cloud:    s.Cloud,
+		Factory:  s.Factory,
 		Logger:   logger,
 	}
 	if inLambda || !*dryRun {
@@ -99,9 +71,7 @@ func run(ctx context.Context, inLambda bool, logger *slog.Logger) error {
 		return nil
 	}
 	rep, err := poller.Run(ctx, *dryRun)
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	if encErr := enc.Encode(rep); encErr != nil {
+	if encErr := function.Print(rep); encErr != nil {
 		return encErr
 	}
 	return err
