@@ -447,3 +447,31 @@ func TestInstallScript(t *testing.T) {
 		t.Errorf("shellQuote = %s", got)
 	}
 }
+
+// TestBuildFinishedWhileTakingTheLease: the server seen at the check is gone
+// once the lease is ours, because its holder finished: done, nothing new.
+func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
+	fc := newFakeCloud()
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	first := b.Build(context.Background(), target, false)
+	labels := target.targetLabels("")
+	labels[labelRole], labels[labelStep] = roleBuildServer, "cleanup"
+	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
+	lookups := 0
+	fc.beforeServerByName = func() {
+		if lookups++; lookups == 2 {
+			delete(fc.servers, srv.ID)
+		}
+	}
+	fc.calls = nil
+	res := b.Build(context.Background(), target, false)
+	if res.State != Done || res.SnapshotID != first.SnapshotID {
+		t.Fatalf("result = %+v", res)
+	}
+	if m := mutating(fc.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
+		t.Errorf("calls %v", m)
+	}
+	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
+	}
+}

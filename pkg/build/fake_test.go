@@ -33,6 +33,9 @@ type fakeCloud struct {
 	snapshotsReadyAfter int
 	imagePolls          map[int64]int
 	failOn              map[string]error
+	// beforeServerByName runs (locked) before each lookup: another
+	// invocation's doing.
+	beforeServerByName func()
 }
 
 func newFakeCloud() *fakeCloud {
@@ -53,6 +56,9 @@ func (f *fakeCloud) ServerByName(_ context.Context, name string) (*hcloud.Server
 	defer f.mu.Unlock()
 	if err := f.call("ServerByName"); err != nil {
 		return nil, err
+	}
+	if f.beforeServerByName != nil {
+		f.beforeServerByName()
 	}
 	for _, s := range f.servers {
 		if s.Name == name {

@@ -87,9 +87,19 @@ func (r *run) build(ctx context.Context) Result {
 	}
 	defer r.lease.release(ctx)
 	if srv != nil {
-		// Another invocation may have moved on before we took the lease.
+		// Another invocation may have moved on before we took the lease,
+		// or even finished the build.
 		if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
 			return r.failed(ctx, StepCheck, err)
+		}
+		if srv == nil {
+			exists, err := r.existing(ctx, log)
+			if err != nil {
+				return r.failed(ctx, StepCheck, err)
+			}
+			if exists {
+				return r.res
+			}
 		}
 	}
 	r.setServer(srv)
@@ -172,11 +182,14 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 	if err := r.deleteOthers(ctx, snaps, newest, log); err != nil {
 		return false, err
 	}
+	r.res.SnapshotID, r.res.State = newest.ID, Done
+	if r.lease != nil {
+		return true, nil // the lease key is ours
+	}
 	k, err := r.b.cloud.SSHKeyByName(ctx, r.t.Name())
 	if err != nil {
 		return false, err
 	}
-	r.res.SnapshotID = newest.ID
 	if k != nil && k.Labels[label.Managed] == label.ManagedValue {
 		if !leaseExpired(k, r.b.now()) {
 			// Its holder is finishing up (or died moments ago): done once
@@ -191,7 +204,6 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 		}
 	}
 	log.InfoContext(ctx, "snapshot exists", "snapshot_id", newest.ID)
-	r.res.State = Done
 	return true, nil
 }
 
