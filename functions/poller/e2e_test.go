@@ -20,6 +20,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 // The tests in this file deploy both functions' real bootstraps under the
@@ -52,7 +53,7 @@ type world struct {
 	api *awslambda.Client
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T, pollerEnv ...string) *world {
 	t.Helper()
 	st, err := stack.Start(stack.Options{})
 	if err != nil {
@@ -62,13 +63,22 @@ func newWorld(t *testing.T) *world {
 	builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
 	emu, err := st.StartLambda(map[string]lambda.Function{
 		"builder": {Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 4},
-		"poller":  {Bootstrap: bootstraps["poller"], Env: map[string]string{"BUILDER_FUNCTION_NAME": "builder"}, Timeout: time.Minute, PoolSize: 1},
+		"poller":  {Bootstrap: bootstraps["poller"], Env: env(append(pollerEnv, "BUILDER_FUNCTION_NAME", "builder")), Timeout: time.Minute, PoolSize: 1},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { emu.Close() })
 	return &world{t: t, st: st, emu: emu, api: stack.LambdaClient(emu)}
+}
+
+// env makes an environment of name, value pairs.
+func env(kv []string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
 }
 
 // poll invokes the Poller, waits until every build it started has ended
@@ -223,4 +233,85 @@ func TestKilledBuildIsRedriven(t *testing.T) {
 		t.Errorf("last poll plans %+v", rep.Plan)
 	}
 	w.checkNothingLeft()
+}
+
+// plant adds a managed snapshot as the Builder labels them, created age ago.
+func (w *world) plant(version, arch string, age time.Duration) {
+	w.t.Helper()
+	s := talos.QemuGuestAgentSchematic
+	hw := map[string]string{"amd64": "x86", "arm64": "arm"}[arch]
+	_, digest, err := w.st.Factory.Image(s, version, arch)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if _, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Architecture: hw, Digest: digest,
+		Created: time.Now().Add(-age), Description: "Talos " + version, Labels: map[string]string{
+			"os": "talos", "talos_version": version, "version": version, "arch": arch,
+			"talos_schematic_id": s[:32], "hcloud-k8s.io/schematic-rest": s[32:],
+			"hcloud-k8s.io/managed-by": "image-builder"}}); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// TestNewPatchIsBuiltAndOldOnesPruned: with the tracked versions built, a
+// published patch makes the next poll build exactly its targets and prune
+// what falls out of retention.
+func TestNewPatchIsBuiltAndOldOnesPruned(t *testing.T) {
+	w := newWorld(t)
+	w.plant("v1.13.7", "amd64", 30*24*time.Hour)
+	w.plant("v1.13.8", "amd64", 20*24*time.Hour)
+	for _, arch := range []string{"amd64", "arm64"} {
+		w.plant("v1.12.8", arch, 3*time.Hour)
+		w.plant("v1.13.9", arch, 2*time.Hour)
+	}
+	if rep := w.poll(`{}`); !rep.Plan.Empty() {
+		t.Fatalf("poll before the release plans %+v", rep.Plan)
+	}
+	if _, err := w.st.GitHub.PublishRelease("v1.13.10"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.st.Factory.SetAvailable("v1.13.10", true); err != nil {
+		t.Fatal(err)
+	}
+	rep := w.poll(`{}`)
+	if got := targets(rep.Builds); !slices.Equal(got, []string{"v1.13.10/amd64", "v1.13.10/arm64"}) {
+		t.Errorf("builds %v", got)
+	}
+	var pruned []string
+	for _, r := range rep.Prune {
+		pruned = append(pruned, r.Target.Version+"/"+r.Target.Arch)
+	}
+	// Kept besides the tracked v1.13.10 and v1.12.8: the 2 newest others.
+	if !slices.Equal(pruned, []string{"v1.13.7/amd64"}) {
+		t.Errorf("pruned %v", pruned)
+	}
+	want := []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.10/amd64", "v1.13.10/arm64", "v1.13.8/amd64",
+		"v1.13.9/amd64", "v1.13.9/arm64"}
+	if got := w.snapshots(); !slices.Equal(got, want) {
+		t.Errorf("snapshots %v, want %v", got, want)
+	}
+	if rep := w.poll(`{}`); !rep.Plan.Empty() {
+		t.Errorf("poll after the patch plans %+v", rep.Plan)
+	}
+	w.checkNothingLeft()
+}
+
+// TestCapOnFirstDeploy tracks every patch of the two newest minors (17
+// versions, 34 targets) with a cap of 3: a poll starts 3 builds, one per
+// architecture at a time, and leaves the rest for later.
+func TestCapOnFirstDeploy(t *testing.T) {
+	w := newWorld(t, "TRACK_ALL_PATCHES", "true", "MAX_BUILDS_PER_POLL", "3")
+	rep := w.poll(`{}`)
+	if got := targets(rep.Builds); !slices.Equal(got, []string{"v1.12.0/amd64", "v1.12.0/arm64"}) {
+		t.Errorf("builds %v", got)
+	}
+	if len(rep.Deferred) != 2*len(rep.Tracked)-2 {
+		t.Errorf("%d deferred of %d tracked versions", len(rep.Deferred), len(rep.Tracked))
+	}
+	if n := len(w.emu.Invocations("builder")); n != 2 {
+		t.Errorf("%d Builder invocations, want 2", n)
+	}
+	if got := w.snapshots(); !slices.Equal(got, []string{"v1.12.0/amd64", "v1.12.0/arm64"}) {
+		t.Errorf("snapshots %v", got)
+	}
 }
