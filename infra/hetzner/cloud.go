@@ -224,9 +224,6 @@ func (c *Cloud) unknownPath(r *http.Request) (int, any, error) {
 	return 0, nil, &apiError{http.StatusNotFound, "not_found", "no such endpoint: " + r.Method + " " + r.URL.Path, nil}
 }
 
-// Handler serves the API under /v1 and the emulator's own endpoints.
-func (c *Cloud) Handler() http.Handler { return c.handler }
-
 // Start serves the cloud on Options.Addr and returns the base URL for
 // hcloud.WithEndpoint, e.g. http://127.0.0.1:PORT/v1.
 func (c *Cloud) Start() (string, error) {
@@ -277,9 +274,6 @@ func (c *Cloud) Close() error {
 // SetFaults replaces the fault knobs; it is safe while serving.
 func (c *Cloud) SetFaults(f Faults) { c.faults.set(f) }
 
-// Faults returns the current fault knobs.
-func (c *Cloud) Faults() Faults { return c.faults.get() }
-
 // Requests returns the request log, oldest first.
 func (c *Cloud) Requests() []Request { return c.log.all() }
 
@@ -305,17 +299,6 @@ func (c *Cloud) Servers() []Server {
 	}
 	slices.SortFunc(out, func(a, b Server) int { return cmp.Compare(a.ID, b.ID) })
 	return out
-}
-
-// Server returns one server.
-func (c *Cloud) Server(id int64) (Server, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, ok := c.servers[id]
-	if !ok {
-		return Server{}, false
-	}
-	return s.view(), true
 }
 
 func (s *server) view() Server {

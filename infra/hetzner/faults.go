@@ -72,12 +72,6 @@ type faultState struct {
 	rng    *rand.Rand
 }
 
-func (s *faultState) get() Faults {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults.clone()
-}
-
 func (s *faultState) set(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -167,15 +167,6 @@ func items(its []poll.Item) string {
 	return "[" + strings.Join(s, " ") + "]"
 }
 
-func indent(b []byte) string {
-	var v any
-	if json.Unmarshal(b, &v) != nil {
-		return string(b)
-	}
-	out, _ := json.MarshalIndent(v, "", "  ")
-	return string(out)
-}
-
 // progress is a slog handler that shows the functions' log lines (which the
 // Lambda emulator passes on at debug level) as one readable line per event.
 type progress struct {
