@@ -56,12 +56,28 @@ type Faults struct {
 	// create_image, ...) to the rate of its actions that end in error
 	// without effect.
 	FailActions map[string]float64
+	// LoseReplies answers the next n requests of an operation
+	// ("create_server", "create_ssh_key", "create_image") with
+	// FailAfterCommitError after they took effect, as when a reply is lost
+	// on the way. hcloud-go retries the 502, so its retry meets what the
+	// first try made: uniqueness_error for a key, a second snapshot for
+	// create_image. Counted, not drawn, so a test hits exactly those calls.
+	LoseReplies map[string]int
+	// UnavailableImages is the rate of create_image actions that end in
+	// error leaving their snapshot in status unavailable (Hetzner's status of
+	// a failed image) instead of deleting it.
+	UnavailableImages float64
+	// LockedUpdates answers a label update of a server that has a running
+	// action with 423 locked. Whether Hetzner does is not documented; the
+	// builder copes with both.
+	LockedUpdates bool
 }
 
 func (f Faults) clone() Faults {
 	f.TransientErrors = slices.Clone(f.TransientErrors)
 	f.Unavailable = slices.Clone(f.Unavailable)
 	f.FailActions = maps.Clone(f.FailActions)
+	f.LoseReplies = maps.Clone(f.LoseReplies)
 	return f
 }
 
@@ -113,6 +129,33 @@ func (s *faultState) failAfterCommit() (Fault, bool) {
 		return FaultBadGateway, true
 	}
 	return s.faults.FailAfterCommitError, true
+}
+
+// loseReply tells whether the reply to a committed op is to be lost, and
+// with which error.
+func (s *faultState) loseReply(op string) (Fault, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.LoseReplies[op] <= 0 {
+		return Fault{}, false
+	}
+	s.faults.LoseReplies[op]--
+	if s.faults.FailAfterCommitError.Status == 0 {
+		return FaultBadGateway, true
+	}
+	return s.faults.FailAfterCommitError, true
+}
+
+func (s *faultState) unavailableImage() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hit(s.faults.UnavailableImages)
+}
+
+func (s *faultState) lockedUpdates() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults.LockedUpdates
 }
 
 func (s *faultState) unavailable(p Placement) bool {

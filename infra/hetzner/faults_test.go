@@ -162,3 +162,70 @@ func TestAuthAndRateLimitHeaders(t *testing.T) {
 	_, _, err = newClient(e.url, DefaultToken, 0).Server.List(ctx(t), hcloud.ServerListOpts{})
 	wantAPIError(t, err, hcloud.ErrorCodeRateLimitExceeded, http.StatusTooManyRequests)
 }
+
+// TestLostRepliesOfCreates shows what a retried create meets when the reply
+// of its first try was lost: hcloud-go retries the 502 (also for POST), so a
+// key's second try is a uniqueness_error, and a create_image's second try is
+// either `locked` (the first one's action still runs on the server) or, once
+// that action is done, a second snapshot.
+func TestLostRepliesOfCreates(t *testing.T) {
+	e := newEnv(t, Options{Faults: Faults{LoseReplies: map[string]int{"create_ssh_key": 1, "create_image": 1}}})
+	_, _, err := e.client.SSHKey.Create(ctx(t), hcloud.SSHKeyCreateOpts{Name: "lease", PublicKey: newPublicKey(t)})
+	wantAPIError(t, err, hcloud.ErrorCodeUniquenessError, http.StatusConflict)
+	if n := len(e.cloud.SSHKeys()); n != 1 {
+		t.Fatalf("%d keys, want the one the lost request made", n)
+	}
+	// Counted: the next create is answered normally.
+	if _, _, err := e.client.SSHKey.Create(ctx(t), hcloud.SSHKeyCreateOpts{Name: "other", PublicKey: newPublicKey(t)}); err != nil {
+		t.Fatal(err)
+	}
+
+	snapshots := func(e *testEnv) int {
+		n := 0
+		for _, img := range e.cloud.Images() {
+			if img.Type == "snapshot" {
+				n++
+			}
+		}
+		return n
+	}
+	// A retry while the first action still runs: locked.
+	srv := e.createServer(t, hcloud.ServerCreateOpts{Name: "box"})
+	_, _, err = e.client.Server.CreateImage(ctx(t), srv, &hcloud.ServerCreateImageOpts{Type: hcloud.ImageTypeSnapshot})
+	if !hcloud.IsError(err, hcloud.ErrorCodeLocked) || snapshots(e) != 1 {
+		t.Fatalf("quick retry: %v, %d snapshots; want locked and the one snapshot", err, snapshots(e))
+	}
+
+	// A retry after the first action ended: a second snapshot.
+	e2 := newEnv(t, Options{ActionDurations: map[string]time.Duration{"create_image": time.Millisecond},
+		Faults: Faults{LoseReplies: map[string]int{"create_image": 1}}})
+	srv = e2.createServer(t, hcloud.ServerCreateOpts{Name: "box"})
+	slow := hcloud.NewClient(hcloud.WithEndpoint(e2.url), hcloud.WithToken(DefaultToken),
+		hcloud.WithRetryOpts(hcloud.RetryOpts{BackoffFunc: hcloud.ConstantBackoff(100 * time.Millisecond), MaxRetries: 1}))
+	res, _, err := slow.Server.CreateImage(ctx(t), srv, &hcloud.ServerCreateImageOpts{Type: hcloud.ImageTypeSnapshot})
+	if err != nil || res.Image == nil || snapshots(e2) != 2 {
+		t.Fatalf("slow retry: %v, %d snapshots; want success and two snapshots", err, snapshots(e2))
+	}
+}
+
+func TestUnavailableImagesAndLockedUpdates(t *testing.T) {
+	e := newEnv(t, Options{ActionDuration: 300 * time.Millisecond,
+		Faults: Faults{UnavailableImages: 1, LockedUpdates: true}})
+	srv := e.createServer(t, hcloud.ServerCreateOpts{Name: "box"})
+	res, _, err := e.client.Server.CreateImage(ctx(t), srv, &hcloud.ServerCreateImageOpts{Type: hcloud.ImageTypeSnapshot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = e.client.Server.Update(ctx(t), srv, hcloud.ServerUpdateOpts{Labels: map[string]string{"a": "b"}})
+	wantAPIError(t, err, hcloud.ErrorCodeLocked, http.StatusLocked)
+	if err := e.client.Action.WaitFor(ctx(t), res.Action); err == nil {
+		t.Fatal("create_image succeeded, want it failed")
+	}
+	img, _, err := e.client.Image.GetByID(ctx(t), res.Image.ID)
+	if err != nil || img == nil || img.Status != hcloud.ImageStatus("unavailable") {
+		t.Fatalf("image %+v, %v: want status unavailable", img, err)
+	}
+	if _, _, err := e.client.Server.Update(ctx(t), srv, hcloud.ServerUpdateOpts{Labels: map[string]string{"a": "b"}}); err != nil {
+		t.Fatalf("update after the action: %v", err)
+	}
+}

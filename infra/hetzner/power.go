@@ -90,7 +90,11 @@ func (c *Cloud) serverAction(r *http.Request) (int, any, error) {
 	case "disable_rescue":
 		effect = c.withServer(id, func(s *server) { s.RescueEnabled, s.rescueKeys = false, nil })
 	case "create_image":
-		return c.createImage(s, imageReq)
+		status, body, err := c.createImage(s, imageReq)
+		if f, ok := c.faults.loseReply("create_image"); ok && err == nil {
+			return 0, nil, f.err()
+		}
+		return status, body, err
 	}
 	a := c.newAction(command, c.duration(command), serverRef(id))
 	c.run(a, c.failable(command, effect, nil))
@@ -130,6 +134,17 @@ func (c *Cloud) createImage(s *server, req schema.ServerActionCreateImageRequest
 	serverID, imageID := s.ID, img.ID
 	drop := func() { delete(c.images, imageID) }
 	a := c.newAction("create_image", c.duration("create_image"), serverRef(serverID), imageRef(imageID))
+	if c.faults.unavailableImage() {
+		c.run(a, func() error {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if img, ok := c.images[imageID]; ok {
+				img.Status = "unavailable"
+			}
+			return fmt.Errorf("create_image failed (injected fault)")
+		})
+		return http.StatusCreated, schema.ServerActionCreateImageResponse{Action: a.view(), Image: img.schema()}, nil
+	}
 	c.run(a, c.failable("create_image", func() error {
 		digest, err := c.machines.DiskDigest(serverID)
 		c.mu.Lock()

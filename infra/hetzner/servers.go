@@ -209,6 +209,9 @@ func (c *Cloud) createServer(r *http.Request) (int, any, error) {
 	if f, ok := c.faults.failAfterCommit(); ok {
 		return 0, nil, f.err()
 	}
+	if f, ok := c.faults.loseReply("create_server"); ok {
+		return 0, nil, f.err()
+	}
 	return status, body, nil
 }
 
@@ -308,6 +311,9 @@ func (c *Cloud) updateServer(r *http.Request) (int, any, error) {
 		s.Name = req.Name
 	}
 	if req.Labels != nil {
+		if c.busy[serverRef(s.ID)] > 0 && c.faults.lockedUpdates() {
+			return 0, nil, errLocked("server")
+		}
 		s.Labels = cloneLabels(*req.Labels) // PUT replaces the whole label set
 	}
 	return http.StatusOK, schema.ServerUpdateResponse{Server: c.serverSchema(s)}, nil

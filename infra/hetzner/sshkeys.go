@@ -99,6 +99,9 @@ func (c *Cloud) createSSHKey(r *http.Request) (int, any, error) {
 		PublicKey: strings.TrimSpace(req.PublicKey), Labels: cloneLabels(labels), Created: now(),
 	}
 	c.keys[k.ID] = k
+	if f, ok := c.faults.loseReply("create_ssh_key"); ok {
+		return 0, nil, f.err()
+	}
 	return http.StatusCreated, schema.SSHKeyCreateResponse{SSHKey: k.schema()}, nil
 }
 

@@ -3,6 +3,7 @@ package build
 import (
 	"context"
 	"errors"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -167,7 +168,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 		t.Fatalf("result = %+v", res)
 	}
 	want := []string{"CreateSSHKey", "CreateServer", "EnableRescue", "Boot", "PowerOff", "SetServerLabels:snapshot",
-		"CreateSnapshot", "SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}
+		"SetServerLabels:wait", "CreateSnapshot", "DeleteServer", "DeleteSSHKey"}
 	if got := mutating(fc.callLog()); !slices.Equal(got, want) {
 		t.Errorf("calls:\n got %v\nwant %v", got, want)
 	}
@@ -214,29 +215,38 @@ func TestNotServedByFactoryCreatesNothing(t *testing.T) {
 // checks what the next invocation does: label state → next actions.
 func TestResume(t *testing.T) {
 	tests := []struct {
-		name  string
-		step  string
-		image string // "new": an available snapshot of the server; "creating"; "gone": a deleted id
-		adopt bool   // a snapshot of this server exists without the server knowing
-		state State
-		want  []string
+		name string
+		step string
+		// images of the server: "available", "creating", "stuck" (creating
+		// for longer than SnapshotTimeout), "unavailable" (failed)
+		images   []string
+		attempts string // snapshot attempts so far, from the server's labels
+		state    State
+		want     []string
+		left     int // snapshots left
 	}{
-		{name: "install again", step: "install", state: Done,
-			want: []string{"CreateSSHKey", "EnableRescue", "Boot", "PowerOff", "SetServerLabels:snapshot", "CreateSnapshot",
-				"SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}},
-		{name: "snapshot", step: "snapshot", state: Done,
-			want: []string{"CreateSSHKey", "CreateSnapshot", "SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}},
-		{name: "snapshot taken before the crash", step: "snapshot", adopt: true, state: Done,
-			want: []string{"CreateSSHKey", "SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}},
-		{name: "wait, available", step: "wait", image: "new", state: Done,
+		{name: "install again", step: "install", state: Done, left: 1,
+			want: []string{"CreateSSHKey", "EnableRescue", "Boot", "PowerOff", "SetServerLabels:snapshot", "SetServerLabels:wait",
+				"CreateSnapshot", "DeleteServer", "DeleteSSHKey"}},
+		{name: "snapshot", step: "snapshot", state: Done, left: 1,
+			want: []string{"CreateSSHKey", "SetServerLabels:wait", "CreateSnapshot", "DeleteServer", "DeleteSSHKey"}},
+		{name: "snapshot taken before the crash", step: "snapshot", images: []string{"available"}, state: Done, left: 1,
 			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
-		{name: "wait, creating", step: "wait", image: "creating", state: Done,
+		{name: "wait, available", step: "wait", images: []string{"available"}, state: Done, left: 1,
 			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
-		{name: "wait, no image recorded", step: "wait", state: Done,
-			want: []string{"CreateSSHKey", "CreateSnapshot", "SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}},
-		{name: "wait, image gone", step: "wait", image: "gone", state: Done,
-			want: []string{"CreateSSHKey", "SetServerLabels:snapshot", "CreateSnapshot", "SetServerLabels:wait", "DeleteServer", "DeleteSSHKey"}},
-		{name: "cleanup", step: "cleanup", image: "new", state: Done,
+		{name: "wait, creating", step: "wait", images: []string{"creating"}, state: Done, left: 1,
+			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
+		{name: "wait, no snapshot yet", step: "wait", attempts: "1", state: Done, left: 1,
+			want: []string{"CreateSSHKey", "SetServerLabels:wait", "CreateSnapshot", "DeleteServer", "DeleteSSHKey"}},
+		{name: "wait, snapshot vanished too often", step: "wait", attempts: "3", state: Failed,
+			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
+		{name: "wait, duplicates of a repeated create_image", step: "wait", images: []string{"available", "creating"}, state: Done, left: 1,
+			want: []string{"CreateSSHKey", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
+		{name: "wait, snapshot failed", step: "wait", images: []string{"unavailable"}, state: Failed,
+			want: []string{"CreateSSHKey", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
+		{name: "wait, snapshot stuck creating", step: "wait", images: []string{"stuck"}, state: Failed,
+			want: []string{"CreateSSHKey", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
+		{name: "cleanup", step: "cleanup", images: []string{"available"}, state: Done, left: 1,
 			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
 		{name: "unknown step", step: "dance", state: Failed,
 			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
@@ -244,23 +254,22 @@ func TestResume(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Hour})
 			labels := target.targetLabels("")
 			labels[labelRole], labels[labelStep] = roleBuildServer, tt.step
-			srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
-			switch tt.image {
-			case "new", "creating":
-				img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
-				if tt.image == "new" {
-					fc.images[img.ID].Status = hcloud.ImageStatusAvailable
-				}
-				fc.servers[srv.ID].Labels[labelImage] = strconv.FormatInt(img.ID, 10)
-			case "gone":
-				fc.servers[srv.ID].Labels[labelImage] = "999999"
+			if tt.attempts != "" {
+				labels[labelSnapshotAttempts] = tt.attempts
 			}
-			if tt.adopt {
+			srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
+			for _, status := range tt.images {
 				img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
-				fc.images[img.ID].Status = hcloud.ImageStatusAvailable
+				switch status {
+				case "available", "unavailable":
+					fc.images[img.ID].Status = hcloud.ImageStatus(status)
+				case "stuck":
+					fc.images[img.ID].Created = time.Now().Add(-2 * time.Hour)
+					fc.snapshotsReadyAfter = 1 << 30
+				}
 			}
 			fc.calls = nil
 			res := b.Build(context.Background(), target, false)
@@ -270,8 +279,11 @@ func TestResume(t *testing.T) {
 			if got := mutating(fc.callLog()); !slices.Equal(got, tt.want) {
 				t.Errorf("calls:\n got %v\nwant %v", got, tt.want)
 			}
-			if s, k, i := fc.counts(); s != 0 || k != 0 || (tt.state == Done && i != 1) {
-				t.Errorf("left %d servers, %d keys, %d images", s, k, i)
+			if s, k, i := fc.counts(); s != 0 || k != 0 || i != tt.left {
+				t.Errorf("left %d servers, %d keys, %d images; want 0, 0, %d", s, k, i, tt.left)
+			}
+			if tt.left == 1 && res.SnapshotID != slices.Min(slices.Collect(maps.Keys(fc.images))) {
+				t.Errorf("snapshot %d, want the oldest of the server's", res.SnapshotID)
 			}
 		})
 	}

@@ -27,7 +27,6 @@ type Cloud interface {
 	Boot(ctx context.Context, s *hcloud.Server) error
 	PowerOff(ctx context.Context, s *hcloud.Server) error
 	CreateSnapshot(ctx context.Context, s *hcloud.Server, description string, labels map[string]string) (*hcloud.Image, error)
-	Image(ctx context.Context, id int64) (*hcloud.Image, error)
 	Snapshots(ctx context.Context, selector string) ([]*hcloud.Image, error)
 	DeleteImage(ctx context.Context, img *hcloud.Image) error
 	CreateSSHKey(ctx context.Context, name, publicKey string, labels map[string]string) (*hcloud.SSHKey, error)
@@ -75,6 +74,9 @@ type Options struct {
 	// SnapshotWait is how long one invocation polls a creating snapshot
 	// before it hands over to the next; default 2m.
 	SnapshotWait time.Duration
+	// SnapshotTimeout is how long a snapshot may stay "creating" before the
+	// build counts it as failed; default 30m.
+	SnapshotTimeout time.Duration
 	// LeaseTTL is how long a lease outlives its last renewal, so that a
 	// crashed invocation blocks others only briefly; default 90s.
 	LeaseTTL time.Duration
@@ -95,6 +97,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.SnapshotWait <= 0 {
 		o.SnapshotWait = 2 * time.Minute
+	}
+	if o.SnapshotTimeout <= 0 {
+		o.SnapshotTimeout = 30 * time.Minute
 	}
 	if o.LeaseTTL <= 0 {
 		o.LeaseTTL = 90 * time.Second

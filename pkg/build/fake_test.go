@@ -29,7 +29,7 @@ type fakeCloud struct {
 	calls   []string
 	// noCapacity lists "type/location" pairs that fail with resource_unavailable.
 	noCapacity map[string]bool
-	// snapshotsReadyAfter is how many Image calls see a snapshot "creating".
+	// snapshotsReadyAfter is how many listings see a snapshot "creating".
 	snapshotsReadyAfter int
 	imagePolls          map[int64]int
 	failOn              map[string]error
@@ -160,24 +160,6 @@ func (f *fakeCloud) CreateSnapshot(_ context.Context, s *hcloud.Server, desc str
 	return &c, nil
 }
 
-func (f *fakeCloud) Image(_ context.Context, id int64) (*hcloud.Image, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.call("Image"); err != nil {
-		return nil, err
-	}
-	img := f.images[id]
-	if img == nil {
-		return nil, nil
-	}
-	f.imagePolls[id]++
-	if img.Status == hcloud.ImageStatusCreating && f.imagePolls[id] > f.snapshotsReadyAfter {
-		img.Status = hcloud.ImageStatusAvailable
-	}
-	c := *img
-	return &c, nil
-}
-
 func (f *fakeCloud) Snapshots(_ context.Context, selector string) ([]*hcloud.Image, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -185,11 +167,16 @@ func (f *fakeCloud) Snapshots(_ context.Context, selector string) ([]*hcloud.Ima
 		return nil, err
 	}
 	var out []*hcloud.Image
-	for _, img := range f.images {
-		if matches(img.Labels, selector) {
-			c := *img
-			out = append(out, &c)
+	for id, img := range f.images {
+		if !matches(img.Labels, selector) {
+			continue
 		}
+		f.imagePolls[id]++
+		if img.Status == hcloud.ImageStatusCreating && f.imagePolls[id] > f.snapshotsReadyAfter {
+			img.Status = hcloud.ImageStatusAvailable
+		}
+		c := *img
+		out = append(out, &c)
 	}
 	return out, nil
 }

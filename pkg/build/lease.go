@@ -49,11 +49,7 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 		labels[labelLeaseUntil] = strconv.FormatInt(b.now().Add(b.opts.LeaseTTL).Unix(), 10)
 		hk, err := b.cloud.CreateSSHKey(ctx, name, key.AuthorizedKey(), labels)
 		if err == nil {
-			l := &lease{key: key, hkey: hk, cloud: b.cloud, log: r.log, stop: make(chan struct{})}
-			l.stopped.Add(1)
-			go l.heartbeat(b.opts.LeaseTTL, b.now)
-			r.log.DebugContext(ctx, "lease taken", "owner", owner)
-			return l, nil
+			return r.held(ctx, key, hk, owner), nil
 		}
 		if !cloud.IsConflict(err) {
 			return nil, err
@@ -65,6 +61,14 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 		if cur == nil {
 			continue // released meanwhile
 		}
+		if cur.Fingerprint == key.Fingerprint() {
+			// Our own create went through but its reply was lost, and
+			// hcloud-go's retry met the key it made. The key pair is fresh,
+			// so its fingerprint proves the key is ours (an owner label
+			// would not: a Lambda retry carries the same request id).
+			r.log.InfoContext(ctx, "lease taken by a create whose reply was lost", "owner", owner)
+			return r.held(ctx, key, cur, owner), nil
+		}
 		if !leaseExpired(cur, b.now()) {
 			r.log.InfoContext(ctx, "another invocation is building this target", "owner", cur.Labels[labelLeaseOwner])
 			return nil, errLeaseHeld
@@ -75,6 +79,15 @@ func (r *run) acquire(ctx context.Context) (*lease, error) {
 		}
 	}
 	return nil, errLeaseHeld
+}
+
+// held starts the heartbeat of a lease this invocation has taken.
+func (r *run) held(ctx context.Context, key *ssh.Key, hk *hcloud.SSHKey, owner string) *lease {
+	l := &lease{key: key, hkey: hk, cloud: r.b.cloud, log: r.log, stop: make(chan struct{})}
+	l.stopped.Add(1)
+	go l.heartbeat(r.b.opts.LeaseTTL, r.b.now)
+	r.log.DebugContext(ctx, "lease taken", "owner", owner)
+	return l
 }
 
 func leaseExpired(k *hcloud.SSHKey, now time.Time) bool { return !LeaseActive(k.Labels, now) }

@@ -2,6 +2,7 @@ package build
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,6 +105,7 @@ func (r *run) build(ctx context.Context) Result {
 	}
 	r.setServer(srv)
 
+	locked := 0
 	for step := stepOf(r.srv); step != ""; {
 		if !r.haveTime(ctx, step) {
 			return r.continueLater(ctx, step)
@@ -112,7 +114,18 @@ func (r *run) build(ctx context.Context) Result {
 		log.InfoContext(ctx, "step started")
 		start := b.now()
 		next, err := r.runStep(ctx, step, log)
-		if errors.Is(err, errContinue) {
+		if cloud.IsLocked(err) && locked < maxLockedRetries {
+			// An action still runs on the server (a snapshot being taken,
+			// say): nothing was changed, so the step is run again later,
+			// never taken as a reason to delete the server under it.
+			locked++
+			log.WarnContext(ctx, "server is locked, running the step again", "error", err, "retry", locked)
+			if !r.pause(ctx, time.Duration(locked)*lockedPause) {
+				return r.continueLater(ctx, step)
+			}
+			continue
+		}
+		if errors.Is(err, errContinue) || cloud.IsLocked(err) {
 			return r.continueLater(ctx, step)
 		}
 		if err != nil {
@@ -133,13 +146,34 @@ func (r *run) runStep(ctx context.Context, step Step, log *slog.Logger) (Step, e
 	case StepInstall:
 		return r.install(ctx, log)
 	case StepSnapshot:
-		return r.snapshot(ctx)
+		return r.snapshot(ctx, log)
 	case StepWait:
 		return r.wait(ctx, log)
 	case StepCleanup:
 		return r.cleanup(ctx, log)
 	}
 	return "", fmt.Errorf("server %s carries unknown step %q", r.t.Name(), step)
+}
+
+// A step answered `locked` is run again after a pause, a few times, before
+// the build hands over to a new invocation.
+const (
+	maxLockedRetries = 3
+	lockedPause      = 2 * time.Second
+)
+
+// pause waits d, unless ctx ends first or d would leave too little time for
+// a step; it reports whether it waited.
+func (r *run) pause(ctx context.Context, d time.Duration) bool {
+	if deadline, ok := ctx.Deadline(); ok && deadline.Sub(r.b.now()) < d+r.b.opts.StepTimeout {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
 }
 
 // stepOf reads the checkpoint: the step the server's labels say is next.
@@ -393,45 +427,82 @@ func (r *run) checkpoint(ctx context.Context, next Step, extra map[string]string
 	return r.b.cloud.SetServerLabels(ctx, r.srv, labels)
 }
 
-func (r *run) snapshot(ctx context.Context) (Step, error) {
+// maxSnapshotAttempts bounds how often one build server is snapshotted:
+// a snapshot that vanishes (a failed create_image may take its image with
+// it) is taken again, but not forever.
+const maxSnapshotAttempts = 3
+
+// snapshot takes the server's snapshot, once. The checkpoint moves to wait
+// before create_image: while the image is created the server is locked, so
+// a label update afterwards may be refused, and wait finds the snapshot by
+// its build=<server id> label anyway.
+func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
-	// A snapshot of this server may exist if an invocation died after
-	// creating it: adopt it rather than make a second one. If this
-	// invocation installed the disk, no earlier one got this far.
-	var img *hcloud.Image
+	// A snapshot of this server exists if an invocation died after creating
+	// it: adopt it rather than make a second one. If this invocation
+	// installed the disk, no earlier one got this far.
 	if !r.installed {
-		sel := label.Managed + "=" + label.ManagedValue + "," + labelBuild + "=" + strconv.FormatInt(r.srv.ID, 10)
-		imgs, err := b.cloud.Snapshots(ctx, sel)
+		snaps, err := r.snapshotsOfServer(ctx)
 		if err != nil {
 			return "", err
 		}
-		if len(imgs) > 0 {
-			img = imgs[0]
+		if len(snaps) > 0 {
+			log.InfoContext(ctx, "adopting the snapshot an interrupted invocation started", "snapshot_id", snaps[0].ID)
+			return StepWait, nil
 		}
 	}
-	if img == nil {
-		if r.srv.Status != hcloud.ServerStatusOff {
-			if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
-				return "", err
-			}
-		}
-		labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
-		created, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
-		if err != nil {
+	attempt := 1
+	if n, err := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts]); err == nil {
+		attempt = n + 1
+	}
+	if attempt > maxSnapshotAttempts {
+		return "", fmt.Errorf("snapshot of %s vanished %d times; giving up", r.t.Name(), maxSnapshotAttempts)
+	}
+	if r.srv.Status != hcloud.ServerStatusOff {
+		if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 			return "", err
 		}
-		img = created
 	}
+	if err := r.checkpoint(ctx, StepWait, map[string]string{labelSnapshotAttempts: strconv.Itoa(attempt)}); err != nil {
+		return "", err
+	}
+	labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
+	img, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
+	if err != nil {
+		// The create may have gone through with its reply lost, and our
+		// own first try may be what locks the server: look before asking
+		// again.
+		if snaps, lerr := r.snapshotsOfServer(ctx); lerr == nil && len(snaps) > 0 {
+			log.InfoContext(ctx, "create_image failed but its snapshot exists; adopting it", "snapshot_id", snaps[0].ID, "error", err)
+			return StepWait, nil
+		}
+		return "", err
+	}
+	log.InfoContext(ctx, "snapshot started", "snapshot_id", img.ID, "attempt", attempt)
 	r.res.SnapshotID = img.ID
-	return StepWait, r.checkpoint(ctx, StepWait, map[string]string{labelImage: strconv.FormatInt(img.ID, 10)})
+	return StepWait, nil
 }
 
+// snapshotsOfServer lists the managed snapshots taken of the build server,
+// oldest first. More than one means a create_image was repeated after its
+// reply was lost.
+func (r *run) snapshotsOfServer(ctx context.Context) ([]*hcloud.Image, error) {
+	sel := label.Managed + "=" + label.ManagedValue + "," + labelBuild + "=" + strconv.FormatInt(r.srv.ID, 10)
+	snaps, err := r.b.cloud.Snapshots(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(snaps, func(a, b *hcloud.Image) int { return cmp.Compare(a.ID, b.ID) })
+	return snaps, nil
+}
+
+// wait polls the server's snapshots until they are done. The oldest one
+// that became available is the build's; duplicates are deleted in cleanup,
+// once none is being created (a snapshot being created cannot be deleted).
+// A snapshot that failed (any status but creating and available, or
+// creating for longer than SnapshotTimeout) fails the build.
 func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
-	id, err := strconv.ParseInt(r.srv.Labels[labelImage], 10, 64)
-	if err != nil {
-		return StepSnapshot, nil // no snapshot recorded: take it (again)
-	}
 	until := b.now().Add(b.opts.SnapshotWait)
 	if deadline, ok := ctx.Deadline(); ok && deadline.Add(-b.opts.StepTimeout).Before(until) {
 		until = deadline.Add(-b.opts.StepTimeout) // leave time to hand over
@@ -440,20 +511,23 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 	// takes minutes, and every look is an API request.
 	pause := b.pollWait
 	for {
-		img, err := b.cloud.Image(ctx, id)
+		snaps, err := r.snapshotsOfServer(ctx)
 		if err != nil {
 			return "", err
 		}
-		switch {
-		case img == nil:
-			log.WarnContext(ctx, "snapshot disappeared, taking it again", "snapshot_id", id)
-			return StepSnapshot, r.checkpoint(ctx, StepSnapshot, nil)
-		case img.Status == hcloud.ImageStatusAvailable:
-			r.res.SnapshotID = id
+		if len(snaps) == 0 {
+			log.WarnContext(ctx, "no snapshot of the server exists, taking it (again)")
+			return StepSnapshot, nil
+		}
+		creating, err := r.judgeSnapshots(ctx, snaps, log)
+		if err != nil {
+			return "", err
+		}
+		if creating == nil {
 			return StepCleanup, nil
 		}
 		if b.now().Add(pause).After(until) {
-			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", id, "status", img.Status)
+			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", creating.ID)
 			return "", errContinue
 		}
 		select {
@@ -465,8 +539,54 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 	}
 }
 
+// judgeSnapshots looks at the server's snapshots (oldest first). It returns
+// one still being created, or nil when all are available, having set the
+// result's snapshot to the oldest. A failed one is deleted and fails the
+// build with what was seen.
+func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *slog.Logger) (*hcloud.Image, error) {
+	var creating *hcloud.Image
+	for _, img := range snaps {
+		var why string
+		switch age := r.b.now().Sub(img.Created); {
+		case img.Status == hcloud.ImageStatusAvailable:
+			continue
+		case img.Status != hcloud.ImageStatusCreating:
+			why = fmt.Sprintf("status %q", img.Status)
+		case age > r.b.opts.SnapshotTimeout:
+			why = fmt.Sprintf("still creating after %s (SNAPSHOT_TIMEOUT %s)", age.Round(time.Second), r.b.opts.SnapshotTimeout)
+		default:
+			creating = cmp.Or(creating, img)
+			continue
+		}
+		if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
+			log.ErrorContext(ctx, "delete failed snapshot", "snapshot_id", img.ID, "error", err)
+		}
+		return nil, fmt.Errorf("snapshot %d of %s failed: %s", img.ID, r.t.Name(), why)
+	}
+	if creating == nil {
+		r.res.SnapshotID = snaps[0].ID
+	}
+	return creating, nil
+}
+
 func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
+	snaps, err := r.snapshotsOfServer(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(snaps) == 0 {
+		return StepWait, nil // cleanup resumed from a label: take the snapshot first
+	}
+	if creating, err := r.judgeSnapshots(ctx, snaps, log); err != nil || creating != nil {
+		return StepWait, err // cleanup resumed from a label: wait first
+	}
+	for _, dup := range snaps[1:] {
+		log.InfoContext(ctx, "deleting a duplicate snapshot of a repeated create_image", "snapshot_id", dup.ID, "kept", snaps[0].ID)
+		if err := b.cloud.DeleteImage(ctx, dup); err != nil {
+			return "", err
+		}
+	}
 	if err := b.cloud.DeleteServer(ctx, r.srv); err != nil {
 		return "", err
 	}

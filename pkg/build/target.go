@@ -57,16 +57,16 @@ func (t Target) Name() string {
 
 // Labels of managed resources besides the consumer contract in pkg/label.
 const (
-	labelRole          = label.OwnPrefix + "role"           // build-server | lease
-	labelSchematicRest = label.OwnPrefix + "schematic-rest" // last 32 hex: a label value holds 63 chars
-	labelStep          = label.OwnPrefix + "step"
-	labelImage         = label.OwnPrefix + "image" // id of the snapshot being created
-	labelBuild         = label.OwnPrefix + "build" // on a snapshot: id of the server it came from
-	labelForce         = label.OwnPrefix + "force" // the build replaces an existing snapshot
-	labelLeaseOwner    = label.OwnPrefix + "owner" // on the lease key
-	labelLeaseUntil    = label.OwnPrefix + "until" // unix seconds
-	roleBuildServer    = "build-server"
-	roleLease          = "lease"
+	labelRole             = label.OwnPrefix + "role"           // build-server | lease
+	labelSchematicRest    = label.OwnPrefix + "schematic-rest" // last 32 hex: a label value holds 63 chars
+	labelStep             = label.OwnPrefix + "step"
+	labelSnapshotAttempts = label.OwnPrefix + "snapshot-attempts" // create_image calls on this server
+	labelBuild            = label.OwnPrefix + "build"             // on a snapshot: id of the server it came from
+	labelForce            = label.OwnPrefix + "force"             // the build replaces an existing snapshot
+	labelLeaseOwner       = label.OwnPrefix + "owner"             // on the lease key
+	labelLeaseUntil       = label.OwnPrefix + "until"             // unix seconds
+	roleBuildServer       = "build-server"
+	roleLease             = "lease"
 )
 
 // targetLabels identify the target on servers, keys and snapshots.

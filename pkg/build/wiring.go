@@ -21,7 +21,7 @@ func OptionsFrom(c config.Config, schematics []string) Options {
 		Cluster:       c.Cluster,
 		Labels:        c.SnapshotLabels,
 		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,
-		SnapshotWait: c.SnapshotWait, LeaseTTL: c.LeaseTTL,
+		SnapshotWait: c.SnapshotWait, SnapshotTimeout: c.SnapshotTimeout, LeaseTTL: c.LeaseTTL,
 	}
 }
 

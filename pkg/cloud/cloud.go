@@ -89,6 +89,10 @@ func IsNoCapacity(err error) bool {
 		strings.Contains(strings.ToLower(herr.Message), "unsupported location")
 }
 
+// IsLocked tells whether the resource is busy with an action: nothing was
+// changed, and asking again later may succeed.
+func IsLocked(err error) bool { return hcloud.IsError(err, hcloud.ErrorCodeLocked) }
+
 // IsNotFound tells whether the resource is gone.
 func IsNotFound(err error) bool { return hcloud.IsError(err, hcloud.ErrorCodeNotFound) }
 
@@ -226,15 +230,6 @@ func (c *Client) CreateSnapshot(ctx context.Context, s *hcloud.Server, descripti
 		return nil, fmt.Errorf("snapshot %s: %w", s.Name, err)
 	}
 	return res.Image, nil
-}
-
-// Image returns the image, or nil when it is gone.
-func (c *Client) Image(ctx context.Context, id int64) (*hcloud.Image, error) {
-	img, _, err := c.c.Image.GetByID(ctx, id)
-	if err != nil {
-		return nil, fmt.Errorf("get image %d: %w", id, err)
-	}
-	return img, nil
 }
 
 // Snapshots lists the snapshots matching a label selector, any status.

@@ -50,9 +50,13 @@ func TestLifecycleThroughFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	img, err := c.CreateSnapshot(ctx, srv, "d", map[string]string{"os": "talos"})
-	if err != nil {
-		t.Fatal(err)
+	// create_image is the one call whose `locked` comes back to the caller
+	// (see retryTransport); the builder asks again after looking for it.
+	var img *hcloud.Image
+	for img == nil {
+		if img, err = c.CreateSnapshot(ctx, srv, "d", map[string]string{"os": "talos"}); err != nil && !IsLocked(err) {
+			t.Fatal(err)
+		}
 	}
 	snaps, err := c.Snapshots(ctx, "os=talos")
 	if err != nil || len(snaps) != 1 || snaps[0].ID != img.ID {
@@ -75,6 +79,30 @@ func TestLifecycleThroughFaults(t *testing.T) {
 	}
 	if retried == 0 {
 		t.Error("no fault was injected")
+	}
+}
+
+// TestCreateImageLockedIsNotRetried: a create_image answered `locked` comes
+// back at once, while other server actions are retried through it.
+func TestCreateImageLockedIsNotRetried(t *testing.T) {
+	c, emu := start(t, hetzner.Faults{})
+	ctx := context.Background()
+	srv, err := c.CreateServer(ctx, CreateServerOpts{Name: "s", ServerType: "cx23", Location: "fsn1", Image: "debian-12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu.SetFaults(hetzner.Faults{Locked: 1})
+	if _, err := c.CreateSnapshot(ctx, srv, "d", nil); !IsLocked(err) {
+		t.Fatalf("create_image = %v, want locked", err)
+	}
+	if n := emu.CountRequests("POST", "/v1/servers/*/actions/create_image"); n != 1 {
+		t.Errorf("%d create_image requests, want 1", n)
+	}
+	if err := c.PowerOff(ctx, srv); !IsLocked(err) {
+		t.Fatalf("poweroff = %v, want locked after the retries", err)
+	}
+	if n := emu.CountRequests("POST", "/v1/servers/*/actions/poweroff"); n != 9 {
+		t.Errorf("%d poweroff requests, want 9 (1 + MaxRetries)", n)
 	}
 }
 

@@ -5,12 +5,19 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
 // retryTransport retries what hcloud-go does not: 503 `unavailable` and 423
 // `locked` (another action still runs on the resource). Hetzner answers both
-// before it changes anything, so a retry — POST included — is safe.
+// before it changes anything, so a retry — POST included — is safe, with one
+// exception: a create_image answered `locked` may be locked out by its own
+// first try, whose reply was lost and which hcloud-go retried on a 502
+// (hcloud-go deliberately does not retry `locked`, hcloud/client.go
+// retryPolicy). Retrying it blindly makes a second snapshot once that first
+// action ends, so `locked` goes back to the builder, which looks for the
+// snapshot before it asks again.
 type retryTransport struct {
 	next       http.RoundTripper
 	base       time.Duration
@@ -28,7 +35,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			req.Body = body
 		}
 		resp, err := t.next.RoundTrip(req)
-		if err != nil || attempt >= t.maxRetries || (req.Body != nil && req.GetBody == nil) || !retryable(resp) {
+		if err != nil || attempt >= t.maxRetries || (req.Body != nil && req.GetBody == nil) || !retryable(req, resp) {
 			return resp, err
 		}
 		resp.Body.Close()
@@ -42,8 +49,11 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // retryable reads the error code of a 423 or 503 and puts the body back.
-func retryable(resp *http.Response) bool {
+func retryable(req *http.Request, resp *http.Response) bool {
 	if resp.StatusCode != http.StatusLocked && resp.StatusCode != http.StatusServiceUnavailable {
+		return false
+	}
+	if resp.StatusCode == http.StatusLocked && strings.HasSuffix(req.URL.Path, "/actions/create_image") {
 		return false
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))

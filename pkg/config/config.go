@@ -76,7 +76,10 @@ type Config struct {
 	StepTimeout    time.Duration `env:"STEP_TIMEOUT, default=1m"`
 	InstallTimeout time.Duration `env:"INSTALL_TIMEOUT, default=8m"`
 	SnapshotWait   time.Duration `env:"SNAPSHOT_WAIT, default=2m"`
-	LeaseTTL       time.Duration `env:"LEASE_TTL, default=90s"`
+	// SnapshotTimeout is how long a snapshot may be "creating" before its
+	// build counts as failed.
+	SnapshotTimeout time.Duration `env:"SNAPSHOT_TIMEOUT, default=30m"`
+	LeaseTTL        time.Duration `env:"LEASE_TTL, default=90s"`
 }
 
 // SecretReader reads a secret by reference; *secret.Reader.
@@ -269,6 +272,9 @@ func (c Config) Validate() error {
 		if d.value < d.least || d.value > 15*time.Minute {
 			add("%s: %s; between %s and 15m", d.name, d.value, d.least)
 		}
+	}
+	if c.SnapshotTimeout < time.Minute || (c.BuildServerTTL >= 30*time.Minute && c.SnapshotTimeout >= c.BuildServerTTL) {
+		add("SNAPSHOT_TIMEOUT: %s; at least 1m and less than BUILD_SERVER_TTL (%s), which deletes the build server", c.SnapshotTimeout, c.BuildServerTTL)
 	}
 	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
 		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)

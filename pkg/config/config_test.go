@@ -41,6 +41,7 @@ func TestDefaults(t *testing.T) {
 		StepTimeout:      time.Minute,
 		InstallTimeout:   8 * time.Minute,
 		SnapshotWait:     2 * time.Minute,
+		SnapshotTimeout:  30 * time.Minute,
 		LeaseTTL:         90 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -83,6 +84,7 @@ func TestEveryField(t *testing.T) {
 		"STEP_TIMEOUT":            "2s",
 		"INSTALL_TIMEOUT":         "10s",
 		"SNAPSHOT_WAIT":           "1s",
+		"SNAPSHOT_TIMEOUT":        "5m",
 		"LEASE_TTL":               "3s",
 	}
 	c, err := load(t, env)
@@ -114,6 +116,7 @@ func TestEveryField(t *testing.T) {
 		StepTimeout:         2 * time.Second,
 		InstallTimeout:      10 * time.Second,
 		SnapshotWait:        time.Second,
+		SnapshotTimeout:     5 * time.Minute,
 		LeaseTTL:            3 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -185,6 +188,7 @@ func TestRejections(t *testing.T) {
 		{"step timeout", map[string]string{"STEP_TIMEOUT": "0s"}, "STEP_TIMEOUT: 0s; between 1s and 15m"},
 		{"install timeout", map[string]string{"INSTALL_TIMEOUT": "16m"}, "INSTALL_TIMEOUT: 16m0s; between 1s and 15m"},
 		{"snapshot wait", map[string]string{"SNAPSHOT_WAIT": "-1s"}, "SNAPSHOT_WAIT: -1s; between 1s and 15m"},
+		{"snapshot timeout", map[string]string{"SNAPSHOT_TIMEOUT": "3h"}, "SNAPSHOT_TIMEOUT: 3h0m0s; at least 1m and less than BUILD_SERVER_TTL (2h0m0s), which deletes the build server"},
 		{"lease", map[string]string{"LEASE_TTL": "1s"}, "LEASE_TTL: 1s; between 3s and 15m"},
 		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
 			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
