@@ -487,3 +487,45 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 	}
 }
+
+// TestFailedSnapshotThatCannotBeDeleted: a failed snapshot that refuses
+// deletion (still locked by its action) keeps no label a consumer or a
+// target selects on, and a later look deletes it.
+func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
+	fc := newFakeCloud()
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Minute})
+	labels := target.targetLabels("")
+	labels[labelRole], labels[labelStep] = roleBuildServer, "wait"
+	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
+	img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
+	fc.images[img.ID].Created = time.Now().Add(-time.Hour)
+	fc.snapshotsReadyAfter = 1 << 30
+	fc.failOn["DeleteImage"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "image is locked"}
+	fc.failOn["DeleteServer"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "server is locked"}
+
+	res := b.Build(context.Background(), target, false)
+	if res.State != Failed || !strings.Contains(res.Error, "failed: timeout") {
+		t.Fatalf("result = %+v", res)
+	}
+	got := fc.images[img.ID].Labels
+	want := map[string]string{label.Managed: label.ManagedValue, labelBuild: strconv.FormatInt(srv.ID, 10), labelFailed: "timeout"}
+	if !maps.Equal(got, want) {
+		t.Errorf("labels of the failed snapshot = %v, want %v", got, want)
+	}
+	if matches(got, target.snapshotSelector("")) || matches(got, "os=talos") {
+		t.Error("the failed snapshot is still selected as the target's")
+	}
+
+	// Its action ended; the next request (a retry) deletes it and takes the
+	// snapshot again.
+	delete(fc.failOn, "DeleteImage")
+	delete(fc.failOn, "DeleteServer")
+	fc.snapshotsReadyAfter = 0
+	res = b.Build(context.Background(), target, false)
+	if res.State != Done || fc.images[img.ID] != nil {
+		t.Fatalf("result = %+v; failed snapshot still there: %v", res, fc.images[img.ID] != nil)
+	}
+	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+		t.Errorf("left %d servers, %d keys, %d images; want 0, 0, 1", s, k, i)
+	}
+}

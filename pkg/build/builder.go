@@ -29,6 +29,7 @@ type Cloud interface {
 	CreateSnapshot(ctx context.Context, s *hcloud.Server, description string, labels map[string]string) (*hcloud.Image, error)
 	Snapshots(ctx context.Context, selector string) ([]*hcloud.Image, error)
 	DeleteImage(ctx context.Context, img *hcloud.Image) error
+	SetImageLabels(ctx context.Context, img *hcloud.Image, labels map[string]string) error
 	CreateSSHKey(ctx context.Context, name, publicKey string, labels map[string]string) (*hcloud.SSHKey, error)
 	SSHKeyByName(ctx context.Context, name string) (*hcloud.SSHKey, error)
 	SetSSHKeyLabels(ctx context.Context, k *hcloud.SSHKey, labels map[string]string) error

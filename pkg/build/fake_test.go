@@ -208,6 +208,18 @@ func (f *fakeCloud) DeleteImage(_ context.Context, img *hcloud.Image) error {
 	return nil
 }
 
+func (f *fakeCloud) SetImageLabels(_ context.Context, img *hcloud.Image, labels map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("SetImageLabels"); err != nil {
+		return err
+	}
+	if cur := f.images[img.ID]; cur != nil {
+		cur.Labels = maps.Clone(labels)
+	}
+	return nil
+}
+
 func (f *fakeCloud) CreateSSHKey(_ context.Context, name, pub string, labels map[string]string) (*hcloud.SSHKey, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -515,11 +515,11 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		if err != nil {
 			return "", err
 		}
-		if len(snaps) == 0 {
+		creating, err := r.judgeSnapshots(ctx, snaps, log)
+		if errors.Is(err, errNoSnapshot) {
 			log.WarnContext(ctx, "no snapshot of the server exists, taking it (again)")
 			return StepSnapshot, nil
 		}
-		creating, err := r.judgeSnapshots(ctx, snaps, log)
 		if err != nil {
 			return "", err
 		}
@@ -541,32 +541,65 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 
 // judgeSnapshots looks at the server's snapshots (oldest first). It returns
 // one still being created, or nil when all are available, having set the
-// result's snapshot to the oldest. A failed one is deleted and fails the
-// build with what was seen.
+// result's snapshot to the oldest, or errNoSnapshot. A snapshot that failed
+// (any status but creating and available, or creating for longer than
+// SnapshotTimeout) is discarded and fails the build with what was seen.
 func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *slog.Logger) (*hcloud.Image, error) {
-	var creating *hcloud.Image
+	var creating, good *hcloud.Image
 	for _, img := range snaps {
+		if img.Labels[labelFailed] != "" {
+			r.discard(ctx, img, img.Labels[labelFailed], log) // left by an earlier failure
+			continue
+		}
 		var why string
 		switch age := r.b.now().Sub(img.Created); {
 		case img.Status == hcloud.ImageStatusAvailable:
+			good = cmp.Or(good, img)
 			continue
 		case img.Status != hcloud.ImageStatusCreating:
-			why = fmt.Sprintf("status %q", img.Status)
+			why = "status-" + string(img.Status)
 		case age > r.b.opts.SnapshotTimeout:
-			why = fmt.Sprintf("still creating after %s (SNAPSHOT_TIMEOUT %s)", age.Round(time.Second), r.b.opts.SnapshotTimeout)
+			why = "timeout"
 		default:
 			creating = cmp.Or(creating, img)
 			continue
 		}
-		if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
-			log.ErrorContext(ctx, "delete failed snapshot", "snapshot_id", img.ID, "error", err)
-		}
-		return nil, fmt.Errorf("snapshot %d of %s failed: %s", img.ID, r.t.Name(), why)
+		r.discard(ctx, img, why, log)
+		return nil, fmt.Errorf("snapshot %d of %s failed: %s (status %q, %s old, SNAPSHOT_TIMEOUT %s)",
+			img.ID, r.t.Name(), why, img.Status, r.b.now().Sub(img.Created).Round(time.Second), r.b.opts.SnapshotTimeout)
 	}
-	if creating == nil {
-		r.res.SnapshotID = snaps[0].ID
+	switch {
+	case creating != nil:
+		return creating, nil
+	case good == nil:
+		return nil, errNoSnapshot
 	}
-	return creating, nil
+	r.res.SnapshotID = good.ID
+	return nil, nil
+}
+
+var errNoSnapshot = errors.New("no snapshot of the build server")
+
+// discard deletes a failed snapshot. One that cannot be deleted yet (being
+// created, it may be locked) loses every label but the management, build
+// and failed ones, so that no consumer and no target count it, and is
+// deleted by a later look.
+func (r *run) discard(ctx context.Context, img *hcloud.Image, why string, log *slog.Logger) {
+	err := r.b.cloud.DeleteImage(ctx, img)
+	if err == nil {
+		log.WarnContext(ctx, "deleted failed snapshot", "snapshot_id", img.ID, "reason", why)
+		return
+	}
+	if img.Labels[labelFailed] != "" {
+		return
+	}
+	marked := map[string]string{label.Managed: label.ManagedValue, labelBuild: img.Labels[labelBuild], labelFailed: why}
+	if lerr := r.b.cloud.SetImageLabels(ctx, img, marked); lerr != nil {
+		log.ErrorContext(ctx, "failed snapshot can be neither deleted nor marked", "snapshot_id", img.ID,
+			"reason", why, "delete_error", err, "label_error", lerr)
+		return
+	}
+	log.WarnContext(ctx, "failed snapshot cannot be deleted yet; marked failed", "snapshot_id", img.ID, "reason", why, "error", err)
 }
 
 func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
@@ -575,14 +608,18 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err != nil {
 		return "", err
 	}
-	if len(snaps) == 0 {
-		return StepWait, nil // cleanup resumed from a label: take the snapshot first
+	creating, err := r.judgeSnapshots(ctx, snaps, log)
+	if errors.Is(err, errNoSnapshot) || (err == nil && creating != nil) {
+		return StepWait, nil // cleanup resumed from a label: wait first
 	}
-	if creating, err := r.judgeSnapshots(ctx, snaps, log); err != nil || creating != nil {
-		return StepWait, err // cleanup resumed from a label: wait first
+	if err != nil {
+		return "", err
 	}
-	for _, dup := range snaps[1:] {
-		log.InfoContext(ctx, "deleting a duplicate snapshot of a repeated create_image", "snapshot_id", dup.ID, "kept", snaps[0].ID)
+	for _, dup := range snaps {
+		if dup.ID == r.res.SnapshotID || dup.Labels[labelFailed] != "" {
+			continue
+		}
+		log.InfoContext(ctx, "deleting a duplicate snapshot of a repeated create_image", "snapshot_id", dup.ID, "kept", r.res.SnapshotID)
 		if err := b.cloud.DeleteImage(ctx, dup); err != nil {
 			return "", err
 		}

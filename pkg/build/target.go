@@ -61,6 +61,7 @@ const (
 	labelSchematicRest    = label.OwnPrefix + "schematic-rest" // last 32 hex: a label value holds 63 chars
 	labelStep             = label.OwnPrefix + "step"
 	labelSnapshotAttempts = label.OwnPrefix + "snapshot-attempts" // create_image calls on this server
+	labelFailed           = label.OwnPrefix + "failed"            // on a snapshot that failed but could not be deleted
 	labelBuild            = label.OwnPrefix + "build"             // on a snapshot: id of the server it came from
 	labelForce            = label.OwnPrefix + "force"             // the build replaces an existing snapshot
 	labelLeaseOwner       = label.OwnPrefix + "owner"             // on the lease key

@@ -252,6 +252,15 @@ func (c *Client) DeleteImage(ctx context.Context, img *hcloud.Image) error {
 	return nil
 }
 
+// SetImageLabels replaces the image's labels.
+func (c *Client) SetImageLabels(ctx context.Context, img *hcloud.Image, labels map[string]string) error {
+	if _, _, err := c.c.Image.Update(ctx, img, hcloud.ImageUpdateOpts{Labels: labels}); err != nil {
+		return fmt.Errorf("label image %d: %w", img.ID, err)
+	}
+	img.Labels = labels
+	return nil
+}
+
 // CreateSSHKey registers a public key.
 func (c *Client) CreateSSHKey(ctx context.Context, name, publicKey string, labels map[string]string) (*hcloud.SSHKey, error) {
 	k, _, err := c.c.SSHKey.Create(ctx, hcloud.SSHKeyCreateOpts{Name: name, PublicKey: publicKey, Labels: labels})

@@ -273,8 +273,8 @@ func (c Config) Validate() error {
 			add("%s: %s; between %s and 15m", d.name, d.value, d.least)
 		}
 	}
-	if c.SnapshotTimeout < time.Minute || (c.BuildServerTTL >= 30*time.Minute && c.SnapshotTimeout >= c.BuildServerTTL) {
-		add("SNAPSHOT_TIMEOUT: %s; at least 1m and less than BUILD_SERVER_TTL (%s), which deletes the build server", c.SnapshotTimeout, c.BuildServerTTL)
+	if c.SnapshotTimeout < 10*time.Second || (c.BuildServerTTL >= 30*time.Minute && c.SnapshotTimeout >= c.BuildServerTTL) {
+		add("SNAPSHOT_TIMEOUT: %s; at least 10s and less than BUILD_SERVER_TTL (%s), which deletes the build server", c.SnapshotTimeout, c.BuildServerTTL)
 	}
 	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
 		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)

@@ -188,7 +188,7 @@ func TestRejections(t *testing.T) {
 		{"step timeout", map[string]string{"STEP_TIMEOUT": "0s"}, "STEP_TIMEOUT: 0s; between 1s and 15m"},
 		{"install timeout", map[string]string{"INSTALL_TIMEOUT": "16m"}, "INSTALL_TIMEOUT: 16m0s; between 1s and 15m"},
 		{"snapshot wait", map[string]string{"SNAPSHOT_WAIT": "-1s"}, "SNAPSHOT_WAIT: -1s; between 1s and 15m"},
-		{"snapshot timeout", map[string]string{"SNAPSHOT_TIMEOUT": "3h"}, "SNAPSHOT_TIMEOUT: 3h0m0s; at least 1m and less than BUILD_SERVER_TTL (2h0m0s), which deletes the build server"},
+		{"snapshot timeout", map[string]string{"SNAPSHOT_TIMEOUT": "3h"}, "SNAPSHOT_TIMEOUT: 3h0m0s; at least 10s and less than BUILD_SERVER_TTL (2h0m0s), which deletes the build server"},
 		{"lease", map[string]string{"LEASE_TTL": "1s"}, "LEASE_TTL: 1s; between 3s and 15m"},
 		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
 			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
