@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Fault is an error answer the cloud can inject.
@@ -67,6 +68,11 @@ type Faults struct {
 	// error leaving their snapshot in status unavailable (Hetzner's status of
 	// a failed image) instead of deleting it.
 	UnavailableImages float64
+	// SlowImages makes the next n create_image actions run for SlowImageFor
+	// instead of their usual duration: snapshots stuck in "creating", their
+	// servers locked meanwhile.
+	SlowImages   int
+	SlowImageFor time.Duration
 	// LockedUpdates answers a label update of a server that has a running
 	// action with 423 locked. Whether Hetzner does is not documented; the
 	// builder copes with both.
@@ -144,6 +150,17 @@ func (s *faultState) loseReply(op string) (Fault, bool) {
 		return FaultBadGateway, true
 	}
 	return s.faults.FailAfterCommitError, true
+}
+
+// slowImage returns how long the next create_image runs, if it is slowed.
+func (s *faultState) slowImage() (time.Duration, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.SlowImages <= 0 {
+		return 0, false
+	}
+	s.faults.SlowImages--
+	return s.faults.SlowImageFor, true
 }
 
 func (s *faultState) unavailableImage() bool {

@@ -133,7 +133,11 @@ func (c *Cloud) createImage(s *server, req schema.ServerActionCreateImageRequest
 
 	serverID, imageID := s.ID, img.ID
 	drop := func() { delete(c.images, imageID) }
-	a := c.newAction("create_image", c.duration("create_image"), serverRef(serverID), imageRef(imageID))
+	d := c.duration("create_image")
+	if slow, ok := c.faults.slowImage(); ok {
+		d = slow
+	}
+	a := c.newAction("create_image", d, serverRef(serverID), imageRef(imageID))
 	if c.faults.unavailableImage() {
 		c.run(a, func() error {
 			c.mu.Lock()

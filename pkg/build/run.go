@@ -429,7 +429,8 @@ func (r *run) checkpoint(ctx context.Context, next Step, extra map[string]string
 
 // maxSnapshotAttempts bounds how often one build server is snapshotted:
 // a snapshot that vanishes (a failed create_image may take its image with
-// it) is taken again, but not forever.
+// it) is taken again, but not forever. The count lives in the server's
+// labels, so it holds across invocations.
 const maxSnapshotAttempts = 3
 
 // snapshot takes the server's snapshot, once. The checkpoint moves to wait
@@ -442,28 +443,17 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 	// it: adopt it rather than make a second one. If this invocation
 	// installed the disk, no earlier one got this far.
 	if !r.installed {
-		snaps, err := r.snapshotsOfServer(ctx)
-		if err != nil {
-			return "", err
+		adopted, err := r.adoptSnapshot(ctx, log)
+		if adopted || err != nil {
+			return StepWait, err
 		}
-		if len(snaps) > 0 {
-			log.InfoContext(ctx, "adopting the snapshot an interrupted invocation started", "snapshot_id", snaps[0].ID)
-			return StepWait, nil
-		}
-	}
-	attempt := 1
-	if n, err := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts]); err == nil {
-		attempt = n + 1
-	}
-	if attempt > maxSnapshotAttempts {
-		return "", fmt.Errorf("snapshot of %s vanished %d times; giving up", r.t.Name(), maxSnapshotAttempts)
 	}
 	if r.srv.Status != hcloud.ServerStatusOff {
 		if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 			return "", err
 		}
 	}
-	if err := r.checkpoint(ctx, StepWait, map[string]string{labelSnapshotAttempts: strconv.Itoa(attempt)}); err != nil {
+	if err := r.checkpoint(ctx, StepWait, nil); err != nil {
 		return "", err
 	}
 	labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
@@ -472,15 +462,31 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 		// The create may have gone through with its reply lost, and our
 		// own first try may be what locks the server: look before asking
 		// again.
-		if snaps, lerr := r.snapshotsOfServer(ctx); lerr == nil && len(snaps) > 0 {
-			log.InfoContext(ctx, "create_image failed but its snapshot exists; adopting it", "snapshot_id", snaps[0].ID, "error", err)
+		if adopted, lerr := r.adoptSnapshot(ctx, log); adopted && lerr == nil {
+			log.InfoContext(ctx, "create_image answered an error but its snapshot exists", "error", err)
 			return StepWait, nil
 		}
 		return "", err
 	}
-	log.InfoContext(ctx, "snapshot started", "snapshot_id", img.ID, "attempt", attempt)
+	log.InfoContext(ctx, "snapshot started", "snapshot_id", img.ID)
 	r.res.SnapshotID = img.ID
 	return StepWait, nil
+}
+
+// adoptSnapshot tells whether a live snapshot of the server exists, which
+// an earlier create_image made.
+func (r *run) adoptSnapshot(ctx context.Context, log *slog.Logger) (bool, error) {
+	snaps, err := r.snapshotsOfServer(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, img := range snaps {
+		if img.Labels[labelFailed] == "" {
+			log.InfoContext(ctx, "adopting the snapshot an earlier create_image started", "snapshot_id", img.ID)
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // snapshotsOfServer lists the managed snapshots taken of the build server,
@@ -517,8 +523,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 		creating, err := r.judgeSnapshots(ctx, snaps, log)
 		if errors.Is(err, errNoSnapshot) {
-			log.WarnContext(ctx, "no snapshot of the server exists, taking it (again)")
-			return StepSnapshot, nil
+			return r.retake(ctx, log)
 		}
 		if err != nil {
 			return "", err
@@ -537,6 +542,18 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 		pause = min(pause*3/2, 10*time.Second)
 	}
+}
+
+// retake goes back to the snapshot step when the server's snapshot is gone
+// (or was never made: an invocation died between checkpoint and
+// create_image), counting the attempts.
+func (r *run) retake(ctx context.Context, log *slog.Logger) (Step, error) {
+	n, _ := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts])
+	if n++; n >= maxSnapshotAttempts {
+		return "", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.t.Name(), n)
+	}
+	log.WarnContext(ctx, "no snapshot of the server exists, taking it again", "attempt", n+1)
+	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, map[string]string{labelSnapshotAttempts: strconv.Itoa(n)})
 }
 
 // judgeSnapshots looks at the server's snapshots (oldest first). It returns
@@ -580,26 +597,22 @@ func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *sl
 
 var errNoSnapshot = errors.New("no snapshot of the build server")
 
-// discard deletes a failed snapshot. One that cannot be deleted yet (being
-// created, it may be locked) loses every label but the management, build
-// and failed ones, so that no consumer and no target count it, and is
-// deleted by a later look.
+// discard deletes a failed snapshot. It first takes away every label but
+// the management, build and failed ones, so that no consumer and no target
+// counts it even if it becomes available before it can be deleted (being
+// created, it is locked); a later look deletes one that is left.
 func (r *run) discard(ctx context.Context, img *hcloud.Image, why string, log *slog.Logger) {
-	err := r.b.cloud.DeleteImage(ctx, img)
-	if err == nil {
-		log.WarnContext(ctx, "deleted failed snapshot", "snapshot_id", img.ID, "reason", why)
+	if img.Labels[labelFailed] == "" {
+		marked := map[string]string{label.Managed: label.ManagedValue, labelBuild: img.Labels[labelBuild], labelFailed: why}
+		if err := r.b.cloud.SetImageLabels(ctx, img, marked); err != nil {
+			log.ErrorContext(ctx, "mark failed snapshot", "snapshot_id", img.ID, "reason", why, "error", err)
+		}
+	}
+	if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
+		log.WarnContext(ctx, "failed snapshot cannot be deleted yet", "snapshot_id", img.ID, "reason", why, "error", err)
 		return
 	}
-	if img.Labels[labelFailed] != "" {
-		return
-	}
-	marked := map[string]string{label.Managed: label.ManagedValue, labelBuild: img.Labels[labelBuild], labelFailed: why}
-	if lerr := r.b.cloud.SetImageLabels(ctx, img, marked); lerr != nil {
-		log.ErrorContext(ctx, "failed snapshot can be neither deleted nor marked", "snapshot_id", img.ID,
-			"reason", why, "delete_error", err, "label_error", lerr)
-		return
-	}
-	log.WarnContext(ctx, "failed snapshot cannot be deleted yet; marked failed", "snapshot_id", img.ID, "reason", why, "error", err)
+	log.WarnContext(ctx, "deleted failed snapshot", "snapshot_id", img.ID, "reason", why)
 }
 
 func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
