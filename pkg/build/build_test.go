@@ -131,6 +131,7 @@ func TestTargets(t *testing.T) {
 		{req: Request{Version: "v1.13.9", Arch: "sparc"}, err: `arch: "sparc" is not one of the configured`},
 		{req: Request{Version: "v1.13.9", Schematic: "abc"}, err: `schematic: "abc" is not a schematic ID`},
 		{req: Request{Version: "v1.13.9$(reboot)"}, err: `is not a version`},
+		{req: Request{Version: "v1.14.0-" + strings.Repeat("a", 56)}, err: `is 64 characters long; a version is at most 63 (it becomes a snapshot label value)`},
 	}
 	for _, tt := range tests {
 		ts, err := b.Targets(tt.req)
