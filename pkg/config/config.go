@@ -36,8 +36,8 @@ type Config struct {
 
 	// Architectures to build, each with the server types to try in order.
 	// At build time the Builder uses only those the API lists with the
-	// architecture's smallest disk (40 GB in 2026: cx23, cpx11 — sold in
-	// the US only —, cax11): a snapshot cannot create servers with a
+	// architecture's smallest disk (40 GB in 2026: cx23 and cpx11, which is
+	// sold in the US only; cax11): a snapshot cannot create servers with a
 	// smaller disk than its build server's.
 	Architectures    []string `env:"ARCHITECTURES, default=amd64,arm64"`
 	ServerTypesAMD64 []string `env:"SERVER_TYPES_AMD64, default=cx23,cpx11"`
