@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
@@ -166,6 +167,10 @@ func (w *world) checkDone(targets ...build.Target) {
 		if img.Digest != digest || img.Status != "available" {
 			w.t.Errorf("%v: snapshot %s digest %s, want the image's %s", tg, img.Status, img.Digest, digest)
 		}
+		// A snapshot creates only servers with at least its disk.
+		if img.DiskSize != 40 {
+			w.t.Errorf("%v: snapshot disk %v GB, want 40", tg, img.DiskSize)
+		}
 		for k, v := range map[string]string{"os": "talos", "talos_version": tg.Version, "version": tg.Version,
 			"arch": tg.Arch, "talos_schematic_id": tg.Schematic[:32]} {
 			if img.Labels[k] != v {
@@ -183,6 +188,10 @@ func (w *world) checkNothingLeft() {
 	}
 	if k := w.st.Cloud.SSHKeys(); len(k) != 0 {
 		w.t.Errorf("ssh keys left: %+v", k)
+	}
+	// Every server was created with a key: Hetzner mailed no root password.
+	if n := w.st.Cloud.RootPasswords(); n != 0 {
+		w.t.Errorf("%d root passwords issued", n)
 	}
 }
 
@@ -396,6 +405,66 @@ func TestNoCapacityInFirstLocation(t *testing.T) {
 	}
 	w.checkDone(target("arm64"))
 }
+
+// TestSmallTypeOutOfStockEverywhere: with the 40 GB type out of stock in
+// every location and an 80 GB one configured and in stock, the build fails
+// clearly instead of making a snapshot that cannot create 40 GB servers.
+func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
+	w := newWorld(t, setup{
+		stack: stack.Options{Faults: hetzner.Faults{Unavailable: []hetzner.Placement{
+			{ServerType: "cx23", Location: "fsn1"}, {ServerType: "cx23", Location: "nbg1"}}}},
+		env: map[string]string{"SERVER_TYPES_AMD64": "cx23,cpx22"},
+	})
+	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	want := "no capacity for cx23 (40 GB disk) in fsn1, nbg1; a bigger disk would make a snapshot that cannot create 40 GB servers"
+	if !strings.Contains(ferr, want) {
+		t.Errorf("function error %q, want %q", ferr, want)
+	}
+	for _, r := range w.st.Cloud.Requests() {
+		if r.Method == "POST" && r.Path == "/v1/servers" && r.Status != 412 {
+			t.Errorf("server create answered %d; want only 412 resource_unavailable (cx23 in fsn1, nbg1)", r.Status)
+		}
+	}
+	if n := w.countRequests("POST", "/v1/servers"); n != 2 {
+		t.Errorf("%d server creates, want 2", n)
+	}
+	if s := w.snapshots(); len(s) != 0 {
+		t.Errorf("snapshots: %+v", s)
+	}
+	w.checkNothingLeft()
+}
+
+// TestServerLimitFailsClearly: a project at its server quota fails the
+// build with a message naming the quota, after one create: no retry, no
+// other location.
+func TestServerLimitFailsClearly(t *testing.T) {
+	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{ServerLimit: 1}}})
+	ctx := context.Background()
+	c := hcloud.NewClient(hcloud.WithEndpoint(w.st.HCloudURL), hcloud.WithToken(w.st.Token))
+	key, _, err := c.SSHKey.Create(ctx, hcloud.SSHKeyCreateOpts{Name: "someone", PublicKey: otherKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Server.Create(ctx, hcloud.ServerCreateOpts{Name: "someone", ServerType: &hcloud.ServerType{Name: "cx23"},
+		Image: &hcloud.Image{Name: "debian-13"}, SSHKeys: []*hcloud.SSHKey{key}}); err != nil {
+		t.Fatal(err)
+	}
+	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	if !strings.Contains(ferr, "the project's server limit is reached") || !strings.Contains(ferr, "resource_limit_exceeded") {
+		t.Errorf("function error %q", ferr)
+	}
+	if n := w.countRequests("POST", "/v1/servers"); n != 2 {
+		t.Errorf("%d server creates, want ours and one of the builder", n)
+	}
+	if s := w.st.Cloud.Servers(); len(s) != 1 || s[0].Name != "someone" {
+		t.Errorf("servers: %+v", s)
+	}
+	if k := w.st.Cloud.SSHKeys(); len(k) != 1 || k[0].Name != "someone" {
+		t.Errorf("ssh keys: %+v", k)
+	}
+}
+
+const otherKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5MwdmZ2qzK7W0ClPXiGwD9D"
 
 // TestTokenFromSecretsManager deploys the Builder as template.yaml does: no
 // HCLOUD_TOKEN, only the name of the secret that holds it.

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -79,10 +80,32 @@ func TestHetznerEndToEnd(t *testing.T) {
 	if img.Status != hcloud.ImageStatusAvailable || img.Type != hcloud.ImageTypeSnapshot {
 		t.Errorf("snapshot is %s %s", img.Type, img.Status)
 	}
+	// The snapshot must create servers of the architecture's smallest disk.
+	if smallest := smallestDisk(t, check, img.Architecture); img.DiskSize != float32(smallest) {
+		t.Errorf("snapshot disk %v GB, want the smallest %s disk, %d GB", img.DiskSize, img.Architecture, smallest)
+	}
 	servers, err := check.Server.AllWithOpts(ctx, hcloud.ServerListOpts{ListOpts: hcloud.ListOpts{LabelSelector: selector}})
 	if err != nil || len(servers) != 0 {
 		t.Errorf("build servers left: %d (%v)", len(servers), err)
 	}
+}
+
+// smallestDisk is the smallest disk of the architecture's server types that
+// are not deprecated everywhere, as GET /server_types lists them.
+func smallestDisk(t *testing.T, c *hcloud.Client, arch hcloud.Architecture) int {
+	types, err := c.ServerType.All(context.Background())
+	if err != nil {
+		t.Fatalf("server types: %v", err)
+	}
+	smallest := 0
+	for _, st := range types {
+		current := !st.IsDeprecated() && (len(st.Locations) == 0 ||
+			slices.ContainsFunc(st.Locations, func(l hcloud.ServerTypeLocation) bool { return !l.IsDeprecated() }))
+		if st.Architecture == arch && current && (smallest == 0 || st.Disk < smallest) {
+			smallest = st.Disk
+		}
+	}
+	return smallest
 }
 
 func teardown(t *testing.T, c *hcloud.Client, selector string) {

@@ -11,9 +11,12 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
 )
 
-// The catalog: what Hetzner sells in 2026, as far as the builder cares. Values
-// are plausible, not authoritative; cx22 and cpx11 are gone (removed end of
-// 2025), CX and CAX are sold in the EU only.
+// The catalog: what Hetzner sells in 2026, as far as the builder cares
+// (../shared/reference/FACTS.md, "Server types (2026)"). Names, disks,
+// architectures and where each type is sold follow FACTS.md; IDs, prices and
+// dates are plausible, not authoritative. cx22 is gone (removed January 2026:
+// not listed, creating one is invalid_input); cpx11 is still sold in the US
+// but no longer in the EU; CX and CAX are sold in the EU only.
 
 var locations = []schema.Location{
 	{ID: 1, Name: "fsn1", Description: "Falkenstein DC Park 1", Country: "DE", City: "Falkenstein", Latitude: 50.47612, Longitude: 12.370071, NetworkZone: "eu-central"},
@@ -35,22 +38,69 @@ var datacenterNames = map[string]struct {
 
 var (
 	euLocations  = []string{"fsn1", "nbg1", "hel1"}
+	usLocations  = []string{"ash", "hil"}
 	allLocations = []string{"fsn1", "nbg1", "hel1", "ash", "hil", "sin"}
 )
 
-// serverTypeSpec is a server type and the locations selling it.
+// serverTypeSpec is a server type and the locations listing it.
 type serverTypeSpec struct {
 	schema.ServerType
-	sold []string
+	locations []typeLocation
 	// hourly and monthly net prices in EUR.
 	hourly, monthly float64
 }
 
+// typeLocation is a location listing a server type. The API reference
+// (https://docs.hetzner.cloud/reference/cloud#server-types, field
+// locations; changelog 2025-09-24 "per location server types", quoted in
+// hcloud-go's CHANGELOG v2.25.0) says a type is only supported in the
+// locations listed, deprecated in one whose deprecation is set, and
+// unavailable there once deprecation.unavailable_after is past. The
+// type-wide deprecation field is deprecated in favour of these.
+type typeLocation struct {
+	name        string
+	deprecation *schema.DeprecationInfo
+}
+
+// sold tells whether t can be created in location now.
+func (t serverTypeSpec) sold(location string) bool {
+	for _, l := range t.locations {
+		if l.name == location {
+			return l.deprecation == nil || time.Now().Before(l.deprecation.UnavailableAfter)
+		}
+	}
+	return false
+}
+
+// firstSold is where a create without location places t.
+func (t serverTypeSpec) firstSold() string {
+	for _, l := range t.locations {
+		if t.sold(l.name) {
+			return l.name
+		}
+	}
+	return ""
+}
+
+func at(names []string, deprecation *schema.DeprecationInfo) []typeLocation {
+	out := make([]typeLocation, len(names))
+	for i, n := range names {
+		out[i] = typeLocation{name: n, deprecation: deprecation}
+	}
+	return out
+}
+
+// cpx11's end in the EU: listed there with a deprecation that is past, so
+// unavailable; dates illustrative.
+var cpx11EU = &schema.DeprecationInfo{Announced: date(2025, 10, 16), UnavailableAfter: date(2026, 1, 1)}
+
 var serverTypes = []serverTypeSpec{
-	{schema.ServerType{ID: 45, Name: "cax11", Description: "CAX11", Category: "cost_optimized", Cores: 2, Memory: 4, Disk: 40, StorageType: "local", CPUType: "shared", Architecture: "arm"}, euLocations, 0.0064, 3.99},
-	{schema.ServerType{ID: 93, Name: "cax21", Description: "CAX21", Category: "cost_optimized", Cores: 4, Memory: 8, Disk: 80, StorageType: "local", CPUType: "shared", Architecture: "arm"}, euLocations, 0.0104, 6.49},
-	{schema.ServerType{ID: 114, Name: "cx23", Description: "CX23", Category: "cost_optimized", Cores: 2, Memory: 4, Disk: 40, StorageType: "local", CPUType: "shared", Architecture: "x86"}, euLocations, 0.0056, 3.49},
-	{schema.ServerType{ID: 116, Name: "cpx22", Description: "CPX22", Category: "regular_purpose", Cores: 2, Memory: 4, Disk: 80, StorageType: "local", CPUType: "shared", Architecture: "x86"}, allLocations, 0.0096, 5.99},
+	{schema.ServerType{ID: 22, Name: "cpx11", Description: "CPX11", Category: "regular_purpose", Cores: 2, Memory: 2, Disk: 40, StorageType: "local", CPUType: "shared", Architecture: "x86"},
+		append(at(euLocations, cpx11EU), at(usLocations, nil)...), 0.0080, 4.99},
+	{schema.ServerType{ID: 45, Name: "cax11", Description: "CAX11", Category: "cost_optimized", Cores: 2, Memory: 4, Disk: 40, StorageType: "local", CPUType: "shared", Architecture: "arm"}, at(euLocations, nil), 0.0064, 3.99},
+	{schema.ServerType{ID: 93, Name: "cax21", Description: "CAX21", Category: "cost_optimized", Cores: 4, Memory: 8, Disk: 80, StorageType: "local", CPUType: "shared", Architecture: "arm"}, at(euLocations, nil), 0.0104, 6.49},
+	{schema.ServerType{ID: 114, Name: "cx23", Description: "CX23", Category: "cost_optimized", Cores: 2, Memory: 4, Disk: 40, StorageType: "local", CPUType: "shared", Architecture: "x86"}, at(euLocations, nil), 0.0056, 3.49},
+	{schema.ServerType{ID: 116, Name: "cpx22", Description: "CPX22", Category: "regular_purpose", Cores: 2, Memory: 4, Disk: 80, StorageType: "local", CPUType: "shared", Architecture: "x86"}, at(allLocations, nil), 0.0096, 5.99},
 }
 
 // systemImage is an operating system image offered for both architectures.
@@ -107,25 +157,33 @@ func price(net float64) schema.Price {
 	return schema.Price{Net: fmt.Sprintf("%.10f", net), Gross: fmt.Sprintf("%.10f", net*1.19)}
 }
 
-// serverTypeSchema renders t with its prices and, per location, whether it
-// can be placed there now.
+// serverTypeSchema renders t with its prices and, per location, its
+// deprecation and whether it can be placed there now. The type-wide
+// deprecation stays null: no type of the catalog is deprecated everywhere.
 func (c *Cloud) serverTypeSchema(t serverTypeSpec) schema.ServerType {
 	out := t.ServerType
 	out.Prices = nil
 	out.Locations = nil
-	for _, name := range t.sold {
-		l, _ := findLocation(name)
+	for _, tl := range t.locations {
+		l, _ := findLocation(tl.name)
 		traffic := uint64(1) << 40 // 1 TiB outside the EU
-		if slices.Contains(euLocations, name) {
+		if slices.Contains(euLocations, tl.name) {
 			traffic = 20 << 40
 		}
 		out.Prices = append(out.Prices, schema.PricingServerTypePrice{
-			Location: name, PriceHourly: price(t.hourly), PriceMonthly: price(t.monthly),
+			Location: tl.name, PriceHourly: price(t.hourly), PriceMonthly: price(t.monthly),
 			IncludedTraffic: traffic, PricePerTBTraffic: price(1),
 		})
-		out.Locations = append(out.Locations, schema.ServerTypeLocation{
-			ID: l.ID, Name: name, Available: !c.faults.unavailable(Placement{t.Name, name}),
-		})
+		sold := t.sold(tl.name)
+		loc := schema.ServerTypeLocation{
+			ID: l.ID, Name: tl.name, Available: sold && !c.faults.unavailable(Placement{t.Name, tl.name}),
+			Recommended: sold && tl.deprecation == nil,
+		}
+		if tl.deprecation != nil {
+			d := *tl.deprecation
+			loc.Deprecation = &d
+		}
+		out.Locations = append(out.Locations, loc)
 	}
 	return out
 }
@@ -134,7 +192,7 @@ func (c *Cloud) datacenterSchema(l schema.Location) schema.Datacenter {
 	dc := datacenterNames[l.Name]
 	types := &schema.DatacenterServerTypes{Supported: []int64{}, Available: []int64{}, AvailableForMigration: []int64{}}
 	for _, t := range serverTypes {
-		if !slices.Contains(t.sold, l.Name) {
+		if !t.sold(l.Name) {
 			continue
 		}
 		types.Supported = append(types.Supported, t.ID)

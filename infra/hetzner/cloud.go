@@ -132,6 +132,9 @@ type Cloud struct {
 	actions map[int64]*action
 	busy    map[schema.ActionResourceReference]int // running actions per resource
 	lastID  map[string]int64
+	// rootPasswords counts servers created without SSH keys: each would
+	// have mailed a root password.
+	rootPasswords int
 
 	closed    bool // guarded by mu; no new background work once set
 	done      chan struct{}
@@ -287,6 +290,15 @@ func (c *Cloud) CountRequests(method, pattern string) int {
 		}
 	}
 	return n
+}
+
+// RootPasswords is how many servers were created without SSH keys, each of
+// which real Hetzner answers with a root password mailed to the project
+// owner.
+func (c *Cloud) RootPasswords() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rootPasswords
 }
 
 // Servers returns the servers ordered by ID.

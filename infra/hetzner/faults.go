@@ -25,6 +25,11 @@ var (
 	FaultUnavailable       = Fault{http.StatusServiceUnavailable, "unavailable", "the service is currently not available"}
 	FaultBadGateway        = Fault{http.StatusBadGateway, "bad_gateway", "the request could not be answered by the API backend, please retry"}
 	FaultTimeout           = Fault{http.StatusGatewayTimeout, "timeout", "the request could not be answered in time, please retry"}
+	// FaultServerLimitExceeded is a project at its server quota, small for
+	// a new account (FACTS.md: 403, sometimes 422; the message as
+	// terraform-hcloud-kube-hetzner issue #760 and
+	// hetzneronline/community-content issue #933 quote it).
+	FaultServerLimitExceeded = Fault{http.StatusForbidden, "resource_limit_exceeded", "server limit exceeded"}
 )
 
 // Placement is a server type in a location.
@@ -53,6 +58,11 @@ type Faults struct {
 	// Unavailable server types and locations fail creation with 412
 	// resource_unavailable ("error during placement").
 	Unavailable []Placement
+	// ServerLimit, when positive, is the project's server quota: a create
+	// while that many servers exist fails with ServerLimitError (default
+	// FaultServerLimitExceeded) before anything is placed.
+	ServerLimit      int
+	ServerLimitError Fault
 	// FailActions maps the command of a server action (start_server,
 	// create_image, ...) to the rate of its actions that end in error
 	// without effect.
@@ -179,6 +189,16 @@ func (s *faultState) unavailable(p Placement) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Contains(s.faults.Unavailable, p)
+}
+
+// serverLimit returns the quota (0: none) and the error exceeding it.
+func (s *faultState) serverLimit() (int, Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.ServerLimitError.Status == 0 {
+		return s.faults.ServerLimit, FaultServerLimitExceeded
+	}
+	return s.faults.ServerLimit, s.faults.ServerLimitError
 }
 
 func (s *faultState) failAction(command string) bool {

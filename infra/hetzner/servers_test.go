@@ -157,7 +157,7 @@ func TestCreateServerRejects(t *testing.T) {
 		{"not a hostname", hcloud.ServerCreateOpts{Name: "under_score"}, hcloud.ErrorCodeInvalidInput, http.StatusBadRequest},
 		{"dash at end", hcloud.ServerCreateOpts{Name: "bad-"}, hcloud.ErrorCodeInvalidInput, http.StatusBadRequest},
 		{"removed cx22", hcloud.ServerCreateOpts{Name: "a", ServerType: &hcloud.ServerType{Name: "cx22"}}, hcloud.ErrorCodeInvalidInput, http.StatusBadRequest},
-		{"removed cpx11", hcloud.ServerCreateOpts{Name: "a", ServerType: &hcloud.ServerType{Name: "cpx11"}}, hcloud.ErrorCodeInvalidInput, http.StatusBadRequest},
+		{"cpx11 in the EU", hcloud.ServerCreateOpts{Name: "a", ServerType: &hcloud.ServerType{Name: "cpx11"}, Location: &hcloud.Location{Name: "fsn1"}}, hcloud.ErrorCodeInvalidInput, http.StatusUnprocessableEntity},
 		{"cx in ash", hcloud.ServerCreateOpts{Name: "a", Location: &hcloud.Location{Name: "ash"}}, hcloud.ErrorCodeInvalidInput, http.StatusUnprocessableEntity},
 		{"cax in sin", hcloud.ServerCreateOpts{Name: "a", ServerType: &hcloud.ServerType{Name: "cax11"}, Location: &hcloud.Location{Name: "sin"}}, hcloud.ErrorCodeInvalidInput, http.StatusUnprocessableEntity},
 		{"unknown location", hcloud.ServerCreateOpts{Name: "a", Location: &hcloud.Location{Name: "mars1"}}, hcloud.ErrorCodeInvalidInput, http.StatusBadRequest},

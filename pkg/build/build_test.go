@@ -132,6 +132,7 @@ func TestTargets(t *testing.T) {
 		{req: Request{Version: "v1.13.9", Arch: "sparc"}, err: `arch: "sparc" is not one of the configured`},
 		{req: Request{Version: "v1.13.9", Schematic: "abc"}, err: `schematic: "abc" is not a schematic ID`},
 		{req: Request{Version: "v1.13.9$(reboot)"}, err: `is not a version`},
+		{req: Request{Version: "v1.14.0-" + strings.Repeat("a", 56)}, err: `is 64 characters long; a version is at most 63 (it becomes a snapshot label value)`},
 	}
 	for _, tt := range tests {
 		ts, err := b.Targets(tt.req)
@@ -151,7 +152,7 @@ func mutating(calls []string) []string {
 	var out []string
 	for _, c := range calls {
 		switch {
-		case c == "ServerByName", c == "Snapshots", c == "SSHKeyByName", c == "Image", c == "SetSSHKeyLabels":
+		case c == "ServerByName", c == "Snapshots", c == "SSHKeyByName", c == "Image", c == "SetSSHKeyLabels", c == "ServerTypes":
 		default:
 			out = append(out, c)
 		}
@@ -321,16 +322,28 @@ func TestLease(t *testing.T) {
 	}
 }
 
+// TestCapacity: fall back across locations, and across types only of the
+// smallest disk; out of capacity everywhere is a failure, never a bigger disk.
 func TestCapacity(t *testing.T) {
 	tests := []struct {
-		name     string
-		full     []string
-		state    State
-		typ, loc string
+		name      string
+		types     []string // amd64; default cx23, cpx22
+		locations []string // default fsn1, nbg1
+		full      []string
+		state     State
+		typ, loc  string
+		err       string
 	}{
-		{"first location full", []string{"cx23/fsn1"}, Done, "cx23", "nbg1"},
-		{"first type full everywhere", []string{"cx23/fsn1", "cx23/nbg1"}, Done, "cpx22", "fsn1"},
-		{"all full", []string{"cx23/fsn1", "cx23/nbg1", "cpx22/fsn1", "cpx22/nbg1"}, Failed, "", ""},
+		{name: "first location full", full: []string{"cx23/fsn1"}, state: Done, typ: "cx23", loc: "nbg1"},
+		{name: "small type full everywhere", full: []string{"cx23/fsn1", "cx23/nbg1"}, state: Failed,
+			err: "no capacity for cx23 (40 GB disk) in fsn1, nbg1; a bigger disk would make a snapshot that cannot create 40 GB servers"},
+		{name: "another type of the same disk", types: []string{"cx23", "cpx11", "cpx22"}, locations: []string{"fsn1", "ash"},
+			full: []string{"cx23/fsn1"}, state: Done, typ: "cpx11", loc: "ash"},
+		{name: "all small types full", types: []string{"cx23", "cpx11", "cpx22"}, locations: []string{"fsn1", "ash"},
+			full: []string{"cx23/fsn1", "cpx11/ash"}, state: Failed,
+			err: "no capacity for cx23, cpx11 (40 GB disk) in fsn1, ash; a bigger disk"},
+		{name: "small types not sold in the locations", types: []string{"cx23", "cpx22"}, locations: []string{"ash", "hil"},
+			state: Failed, err: "none of cx23 (40 GB disk) is sold in ash, hil"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -338,9 +351,20 @@ func TestCapacity(t *testing.T) {
 			for _, f := range tt.full {
 				fc.noCapacity[f] = true
 			}
-			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{}).Build(context.Background(), target, false)
-			if res.State != tt.state || res.ServerType != tt.typ || res.Location != tt.loc {
+			o := Options{Locations: tt.locations}
+			if tt.types != nil {
+				o.ServerTypes = map[string][]string{"amd64": tt.types}
+			}
+			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, false)
+			if res.State != tt.state || res.ServerType != tt.typ || res.Location != tt.loc || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
+			}
+			// Only 40 GB types, only where the API says they are sold.
+			for _, c := range fc.creates {
+				i := slices.IndexFunc(fc.serverTypes, func(st *hcloud.ServerType) bool { return st.Name == c.ServerType })
+				if i < 0 || fc.serverTypes[i].Disk != 40 || !sold(fc.serverTypes[i], c.Location, time.Now()) {
+					t.Errorf("tried to create %s in %s", c.ServerType, c.Location)
+				}
 			}
 			if s, k, _ := fc.counts(); s != 0 || k != 0 {
 				t.Errorf("left %d servers, %d keys", s, k)

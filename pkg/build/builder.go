@@ -20,6 +20,7 @@ import (
 // Cloud is what the builder needs of the Hetzner project; *cloud.Client.
 type Cloud interface {
 	ServerByName(ctx context.Context, name string) (*hcloud.Server, error)
+	ServerTypes(ctx context.Context) ([]*hcloud.ServerType, error)
 	CreateServer(ctx context.Context, o cloud.CreateServerOpts) (*hcloud.Server, error)
 	SetServerLabels(ctx context.Context, s *hcloud.Server, labels map[string]string) error
 	DeleteServer(ctx context.Context, s *hcloud.Server) error
@@ -64,7 +65,7 @@ type Options struct {
 	Locations     []string            // in order of preference
 	Cluster       string              // optional cluster label value
 	Labels        map[string]string   // extra snapshot labels
-	ServerImage   string              // system image the server is created with; default debian-12
+	ServerImage   string              // system image the server is created with; default debian-13
 	SSHPort       int                 // default 22
 
 	// StepTimeout bounds the short steps and InstallTimeout the install
@@ -85,7 +86,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.ServerImage == "" {
-		o.ServerImage = "debian-12"
+		o.ServerImage = "debian-13"
 	}
 	if o.SSHPort == 0 {
 		o.SSHPort = 22

@@ -29,6 +29,9 @@ type fakeCloud struct {
 	calls   []string
 	// noCapacity lists "type/location" pairs that fail with resource_unavailable.
 	noCapacity map[string]bool
+	// serverTypes is what ServerTypes lists; creates record their options.
+	serverTypes []*hcloud.ServerType
+	creates     []cloud.CreateServerOpts
 	// snapshotsReadyAfter is how many listings see a snapshot "creating".
 	snapshotsReadyAfter int
 	imagePolls          map[int64]int
@@ -41,7 +44,43 @@ type fakeCloud struct {
 func newFakeCloud() *fakeCloud {
 	return &fakeCloud{nextID: 100, servers: map[int64]*hcloud.Server{}, keys: map[int64]*hcloud.SSHKey{},
 		images: map[int64]*hcloud.Image{}, noCapacity: map[string]bool{}, imagePolls: map[int64]int{},
-		failOn: map[string]error{}}
+		failOn: map[string]error{}, serverTypes: catalog()}
+}
+
+// catalog is the server types of FACTS.md: 40 GB x86 cx23 (EU) and cpx11
+// (US; deprecated in the EU), 80 GB cpx22; 40 GB arm cax11, 80 GB cax21.
+func catalog() []*hcloud.ServerType {
+	eu, us := []string{"fsn1", "nbg1", "hel1"}, []string{"ash", "hil"}
+	gone := &hcloud.DeprecationInfo{Announced: time.Now().Add(-90 * 24 * time.Hour), UnavailableAfter: time.Now().Add(-24 * time.Hour)}
+	return []*hcloud.ServerType{
+		serverType("cx23", hcloud.ArchitectureX86, 40, locations(eu, nil)),
+		serverType("cpx11", hcloud.ArchitectureX86, 40, append(locations(eu, gone), locations(us, nil)...)),
+		serverType("cpx22", hcloud.ArchitectureX86, 80, locations(append(eu, us...), nil)),
+		serverType("cax11", hcloud.ArchitectureARM, 40, locations(eu, nil)),
+		serverType("cax21", hcloud.ArchitectureARM, 80, locations(eu, nil)),
+	}
+}
+
+func serverType(name string, arch hcloud.Architecture, disk int, locs []hcloud.ServerTypeLocation) *hcloud.ServerType {
+	return &hcloud.ServerType{Name: name, Architecture: arch, Disk: disk, Locations: locs}
+}
+
+func locations(names []string, deprecation *hcloud.DeprecationInfo) []hcloud.ServerTypeLocation {
+	var out []hcloud.ServerTypeLocation
+	for _, n := range names {
+		out = append(out, hcloud.ServerTypeLocation{Location: &hcloud.Location{Name: n}, Available: deprecation == nil,
+			DeprecatableResource: hcloud.DeprecatableResource{Deprecation: deprecation}})
+	}
+	return out
+}
+
+func (f *fakeCloud) ServerTypes(context.Context) ([]*hcloud.ServerType, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("ServerTypes"); err != nil {
+		return nil, err
+	}
+	return f.serverTypes, nil
 }
 
 func (f *fakeCloud) call(name string) error {
@@ -73,6 +112,7 @@ func (f *fakeCloud) ServerByName(_ context.Context, name string) (*hcloud.Server
 func (f *fakeCloud) CreateServer(_ context.Context, o cloud.CreateServerOpts) (*hcloud.Server, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.creates = append(f.creates, o)
 	if err := f.call("CreateServer"); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
@@ -335,25 +336,49 @@ func (r *run) abort(ctx context.Context, step Step, err error) Result {
 	return res
 }
 
+// createServer creates the build server, off, on a type with the
+// architecture's smallest disk: in the first location that has one, trying
+// the configured types of that disk in order, never a bigger disk.
 func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
+	// Read for every server: what is sold changes, and in a warm Lambda a
+	// Builder outlives its invocations.
+	catalog, err := b.cloud.ServerTypes(ctx)
+	if err != nil {
+		return "", err
+	}
+	plan, err := planServers(catalog, r.t.Arch, b.opts.ServerTypes[r.t.Arch])
+	for _, s := range plan.skipped {
+		log.WarnContext(ctx, "configured server type not used", "server_type", s.name, "reason", s.reason)
+	}
+	if err != nil {
+		return "", err
+	}
 	labels := r.t.targetLabels(b.opts.Cluster)
 	labels[labelRole] = roleBuildServer
 	labels[labelStep] = string(StepInstall)
 	if r.force {
 		labels[labelForce] = "true"
 	}
-	types := b.opts.ServerTypes[r.t.Arch]
-	for _, typ := range types {
+	now := b.now()
+	tried := false
+	for _, st := range plan.types {
 		for _, loc := range b.opts.Locations {
+			if !sold(st, loc, now) {
+				log.InfoContext(ctx, "server type not sold in location", "server_type", st.Name, "location", loc)
+				continue
+			}
+			tried = true
 			srv, err := b.cloud.CreateServer(ctx, cloud.CreateServerOpts{
-				Name: r.t.Name(), ServerType: typ, Location: loc, Image: b.opts.ServerImage, Labels: labels,
+				Name: r.t.Name(), ServerType: st.Name, Location: loc, Image: b.opts.ServerImage, Labels: labels,
+				// With a key Hetzner mails no root password.
+				SSHKeys: []*hcloud.SSHKey{r.lease.hkey},
 			})
 			switch {
 			case err == nil:
-				log.InfoContext(ctx, "server created", "server_type", typ, "location", loc, "server_id", srv.ID)
+				log.InfoContext(ctx, "server created", "server_type", st.Name, "location", loc, "disk_gb", st.Disk, "server_id", srv.ID)
 				r.setServer(srv)
-				r.res.ServerType, r.res.Location = typ, loc
+				r.res.ServerType, r.res.Location = st.Name, loc
 				return StepInstall, nil
 			case cloud.IsConflict(err):
 				// A retried create whose first try went through: adopt it.
@@ -363,14 +388,23 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 				log.InfoContext(ctx, "server exists, adopting it", "server_id", srv.ID)
 				r.setServer(srv)
 				return stepOf(srv), nil
+			case cloud.IsLimitExceeded(err):
+				// Another location or type would meet the same quota.
+				return "", fmt.Errorf("the project's server limit is reached (Hetzner's quota per account, small for new ones): "+
+					"delete servers or have the limit raised in the Cloud Console under Limits: %w", err)
 			case cloud.IsNoCapacity(err):
-				log.WarnContext(ctx, "no capacity, trying the next option", "server_type", typ, "location", loc, "error", err)
+				log.WarnContext(ctx, "no capacity, trying the next option", "server_type", st.Name, "location", loc, "error", err)
 			default:
 				return "", err
 			}
 		}
 	}
-	return "", fmt.Errorf("no capacity for server types %v in locations %v", types, b.opts.Locations)
+	types, locs := strings.Join(typeNames(plan.types), ", "), strings.Join(b.opts.Locations, ", ")
+	if !tried {
+		return "", fmt.Errorf("none of %s (%d GB disk) is sold in %s; add a location that sells one", types, plan.disk, locs)
+	}
+	return "", fmt.Errorf("no capacity for %s (%d GB disk) in %s; a bigger disk would make a snapshot that cannot create %d GB servers",
+		types, plan.disk, locs, plan.disk)
 }
 
 func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {

@@ -18,6 +18,7 @@ func OptionsFrom(c config.Config, schematics []string) Options {
 		Schematics:    schematics,
 		ServerTypes:   map[string][]string{"amd64": c.ServerTypesAMD64, "arm64": c.ServerTypesARM64},
 		Locations:     c.Locations,
+		ServerImage:   c.ServerImage,
 		Cluster:       c.Cluster,
 		Labels:        c.SnapshotLabels,
 		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,

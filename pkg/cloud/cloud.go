@@ -93,6 +93,13 @@ func IsNoCapacity(err error) bool {
 // changed, and asking again later may succeed.
 func IsLocked(err error) bool { return hcloud.IsError(err, hcloud.ErrorCodeLocked) }
 
+// IsLimitExceeded tells whether the project is at a quota (for servers, a
+// new account's is small): no retry or other location helps until someone
+// deletes servers or Hetzner raises the limit.
+func IsLimitExceeded(err error) bool {
+	return hcloud.IsError(err, hcloud.ErrorCodeResourceLimitExceeded)
+}
+
 // IsNotFound tells whether the resource is gone.
 func IsNotFound(err error) bool { return hcloud.IsError(err, hcloud.ErrorCodeNotFound) }
 
@@ -121,6 +128,11 @@ type CreateServerOpts struct {
 	Location   string
 	Image      string // a system image; the build boots into rescue anyway
 	Labels     map[string]string
+	// SSHKeys go into the server's image. Unused by a build, but a server
+	// created without keys gets a root password that Hetzner mails to the
+	// project owner (hcloud-upload-image passes its key for that reason:
+	// apricote/hcloud-upload-image hcloudimages/client.go).
+	SSHKeys []*hcloud.SSHKey
 }
 
 // CreateServer creates a server that stays off: rescue must be enabled
@@ -133,6 +145,7 @@ func (c *Client) CreateServer(ctx context.Context, o CreateServerOpts) (*hcloud.
 		Location:         &hcloud.Location{Name: o.Location},
 		StartAfterCreate: hcloud.Ptr(false),
 		Labels:           o.Labels,
+		SSHKeys:          o.SSHKeys,
 		PublicNet:        &hcloud.ServerCreatePublicNet{EnableIPv4: true, EnableIPv6: true},
 	})
 	if err != nil {
@@ -144,6 +157,17 @@ func (c *Client) CreateServer(ctx context.Context, o CreateServerOpts) (*hcloud.
 	// The response showed it initializing; created and not started, it is off.
 	res.Server.Status = hcloud.ServerStatusOff
 	return res.Server, nil
+}
+
+// ServerTypes lists the server types the API offers now, with their disks,
+// architectures and per-location availability and deprecation. Callers
+// read them once per invocation: what is sold changes.
+func (c *Client) ServerTypes(ctx context.Context) ([]*hcloud.ServerType, error) {
+	ts, err := c.c.ServerType.All(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list server types: %w", err)
+	}
+	return ts, nil
 }
 
 // SetServerLabels replaces the server's labels (Hetzner has no partial

@@ -125,7 +125,69 @@ func TestErrorClasses(t *testing.T) {
 	if err := create("c", "cx23", "fsn1"); !IsConflict(err) || IsNoCapacity(err) {
 		t.Errorf("same name: %v", err)
 	}
-	if err := create("d", "cx22", "fsn1"); err == nil || IsNoCapacity(err) {
+	if err := create("d", "cx22", "fsn1"); err == nil || IsNoCapacity(err) || IsLimitExceeded(err) {
 		t.Errorf("removed type: %v", err)
+	}
+	if err := create("e", "cpx11", "fsn1"); !IsNoCapacity(err) {
+		t.Errorf("a type no longer sold in the location: %v", err)
+	}
+}
+
+// TestServerLimit: the project's server quota is neither a capacity
+// problem (no other location helps) nor retried.
+func TestServerLimit(t *testing.T) {
+	c, emu := start(t, hetzner.Faults{ServerLimit: 1})
+	ctx := context.Background()
+	if _, err := c.CreateServer(ctx, CreateServerOpts{Name: "a", ServerType: "cx23", Location: "fsn1", Image: "debian-13"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.CreateServer(ctx, CreateServerOpts{Name: "b", ServerType: "cx23", Location: "nbg1", Image: "debian-13"})
+	if !IsLimitExceeded(err) || IsNoCapacity(err) || IsConflict(err) {
+		t.Errorf("over the quota: %v", err)
+	}
+	if n := emu.CountRequests("POST", "/v1/servers"); n != 2 {
+		t.Errorf("%d server creates, want 2 (the quota is not retried)", n)
+	}
+}
+
+// TestCreateServerWithKeyGetsNoRootPassword: the key passed at create is
+// what keeps Hetzner from mailing a root password.
+func TestCreateServerWithKeyGetsNoRootPassword(t *testing.T) {
+	c, emu := start(t, hetzner.Faults{})
+	ctx := context.Background()
+	key, err := c.CreateSSHKey(ctx, "k", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5MwdmZ2qzK7W0ClPXiGwD9D", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateServer(ctx, CreateServerOpts{Name: "a", ServerType: "cax11", Location: "fsn1", Image: "debian-13",
+		SSHKeys: []*hcloud.SSHKey{key}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := emu.RootPasswords(); n != 0 {
+		t.Errorf("%d root passwords issued", n)
+	}
+	if _, err := c.CreateServer(ctx, CreateServerOpts{Name: "b", ServerType: "cax11", Location: "fsn1", Image: "debian-13"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := emu.RootPasswords(); n != 1 {
+		t.Errorf("a key-less create: %d root passwords, want 1", n)
+	}
+}
+
+func TestServerTypes(t *testing.T) {
+	c, _ := start(t, hetzner.Faults{})
+	ts, err := c.ServerTypes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := map[string]int{}
+	for _, st := range ts {
+		disks[st.Name] = st.Disk
+	}
+	want := map[string]int{"cx23": 40, "cpx11": 40, "cpx22": 80, "cax11": 40, "cax21": 80}
+	for name, disk := range want {
+		if disks[name] != disk {
+			t.Errorf("%s: %d GB disk, want %d", name, disks[name], disk)
+		}
 	}
 }

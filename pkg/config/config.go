@@ -35,11 +35,19 @@ type Config struct {
 	GitHubTokenSecret string `env:"GITHUB_TOKEN_SECRET"`
 
 	// Architectures to build, each with the server types to try in order.
+	// At build time the Builder uses only those the API lists with the
+	// architecture's smallest disk (40 GB in 2026: cx23 and cpx11, which is
+	// sold in the US only; cax11): a snapshot cannot create servers with a
+	// smaller disk than its build server's.
 	Architectures    []string `env:"ARCHITECTURES, default=amd64,arm64"`
-	ServerTypesAMD64 []string `env:"SERVER_TYPES_AMD64, default=cx23,cpx22"`
-	ServerTypesARM64 []string `env:"SERVER_TYPES_ARM64, default=cax11,cax21"`
+	ServerTypesAMD64 []string `env:"SERVER_TYPES_AMD64, default=cx23,cpx11"`
+	ServerTypesARM64 []string `env:"SERVER_TYPES_ARM64, default=cax11"`
 	// Locations to build in, in order of preference.
 	Locations []string `env:"LOCATIONS, default=fsn1,nbg1,hel1"`
+	// ServerImage is the system image build servers are created with. It
+	// never boots (the build boots the rescue system) but must exist for
+	// both architectures; the API picks the variant by name.
+	ServerImage string `env:"SERVER_IMAGE, default=debian-13"`
 
 	// SchematicIDs are Image Factory schematics to build. SchematicYAML is a
 	// customization whose ID the factory computes; when neither is set the
@@ -213,6 +221,9 @@ func (c Config) Validate() error {
 	if len(c.Locations) == 0 {
 		add("LOCATIONS: is empty; e.g. fsn1,nbg1,hel1")
 	}
+	if !imageRE.MatchString(c.ServerImage) || len(c.ServerImage) > 63 {
+		add("SERVER_IMAGE: %q is not a Hetzner system image name like debian-13 or ubuntu-24.04", c.ServerImage)
+	}
 	for _, l := range c.Locations {
 		if !nameRE.MatchString(l) {
 			add("LOCATIONS: %q is not a location name like fsn1", l)
@@ -291,21 +302,20 @@ var (
 	// A function name, or a (partial) ARN, optionally with a qualifier.
 	functionRE = regexp.MustCompile(`^(arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:\d{12}:function:)?[a-zA-Z0-9-_]{1,64}(:[a-zA-Z0-9-_$]+)?$`)
 	typeRE     = regexp.MustCompile(`^(cx|cpx|ccx|cax)[0-9]{2,3}$`)
+	// System image names: debian-13, ubuntu-24.04, centos-stream-10.
+	imageRE = regexp.MustCompile(`^[a-z][a-z0-9]*([.-][a-z0-9]+)*$`)
 )
 
-var defaultTypes = map[string]string{"amd64": "cx23,cpx22", "arm64": "cax11,cax21"}
+var defaultTypes = map[string]string{"amd64": "cx23,cpx11", "arm64": "cax11"}
 
-// removedTypes are server types Hetzner no longer sells; asking for one fails
-// with invalid_input at build time, so refuse it now.
-var removedTypes = map[string]bool{"cx11": true, "cx21": true, "cx31": true, "cx41": true, "cx51": true,
-	"cx22": true, "cpx11": true}
-
+// checkServerType checks only the name's syntax and architecture: whether
+// Hetzner sells a type, where, and with which disk changes over time (cpx11
+// is gone from the EU but still sold in the US), so the Builder asks
+// GET /server_types at build time.
 func checkServerType(arch, t string) string {
 	switch {
 	case !typeRE.MatchString(t):
 		return "is not a Hetzner server type name like cx23 or cax11"
-	case removedTypes[t]:
-		return "is no longer sold by Hetzner; e.g. " + defaultTypes[arch]
 	case arch == "arm64" && !strings.HasPrefix(t, "cax"):
 		return "is not an Arm64 server type (cax*)"
 	case arch == "amd64" && strings.HasPrefix(t, "cax"):

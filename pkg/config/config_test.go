@@ -31,9 +31,10 @@ func TestDefaults(t *testing.T) {
 		FactoryURL:       "https://factory.talos.dev",
 		GitHubAPIURL:     "https://api.github.com/",
 		Architectures:    []string{"amd64", "arm64"},
-		ServerTypesAMD64: []string{"cx23", "cpx22"},
-		ServerTypesARM64: []string{"cax11", "cax21"},
+		ServerTypesAMD64: []string{"cx23", "cpx11"},
+		ServerTypesARM64: []string{"cax11"},
 		Locations:        []string{"fsn1", "nbg1", "hel1"},
+		ServerImage:      "debian-13",
 		TrackMinors:      2,
 		KeepOthers:       2,
 		MaxBuildsPerPoll: 4,
@@ -50,7 +51,7 @@ func TestDefaults(t *testing.T) {
 	if got := c.Schematics(); !reflect.DeepEqual(got, []string{talos.QemuGuestAgentSchematic}) {
 		t.Errorf("default schematics = %v", got)
 	}
-	if got := c.ServerTypes("arm64"); !reflect.DeepEqual(got, []string{"cax11", "cax21"}) {
+	if got := c.ServerTypes("arm64"); !reflect.DeepEqual(got, []string{"cax11"}) {
 		t.Errorf("ServerTypes(arm64) = %v", got)
 	}
 	if got := c.ServerTypes("sparc"); got != nil {
@@ -69,6 +70,7 @@ func TestEveryField(t *testing.T) {
 		"SERVER_TYPES_AMD64":      "cpx22",
 		"SERVER_TYPES_ARM64":      "cax21,cax11",
 		"LOCATIONS":               "hel1,fsn1",
+		"SERVER_IMAGE":            "ubuntu-24.04",
 		"SCHEMATIC_IDS":           schematicA + "," + talos.VanillaSchematic,
 		"SCHEMATIC_CUSTOMIZATION": "customization: {}\n",
 		"SNAPSHOT_LABELS":         "team=infra,example.com/cost-center=42",
@@ -101,6 +103,7 @@ func TestEveryField(t *testing.T) {
 		ServerTypesAMD64:    []string{"cpx22"},
 		ServerTypesARM64:    []string{"cax21", "cax11"},
 		Locations:           []string{"hel1", "fsn1"},
+		ServerImage:         "ubuntu-24.04",
 		SchematicIDs:        []string{schematicA, talos.VanillaSchematic},
 		SchematicYAML:       "customization: {}\n",
 		SnapshotLabels:      map[string]string{"team": "infra", "example.com/cost-center": "42"},
@@ -145,10 +148,12 @@ func TestRejections(t *testing.T) {
 		{"arch", map[string]string{"ARCHITECTURES": "amd64,sparc"}, `ARCHITECTURES: "sparc" is not amd64 or arm64`},
 		{"arch twice", map[string]string{"ARCHITECTURES": "amd64,amd64"}, `ARCHITECTURES: "amd64" is listed twice`},
 		{"arch empty", map[string]string{"ARCHITECTURES": ","}, `ARCHITECTURES: "" is not amd64 or arm64`},
-		{"type removed", map[string]string{"SERVER_TYPES_AMD64": "cx22"},
-			`SERVER_TYPES_AMD64: "cx22" is no longer sold by Hetzner; e.g. cx23,cpx22`},
-		{"type removed cpx11", map[string]string{"SERVER_TYPES_AMD64": "cpx11"},
-			`SERVER_TYPES_AMD64: "cpx11" is no longer sold by Hetzner; e.g. cx23,cpx22`},
+		{"server image", map[string]string{"SERVER_IMAGE": "Debian 13"},
+			`SERVER_IMAGE: "Debian 13" is not a Hetzner system image name like debian-13 or ubuntu-24.04`},
+		{"server image empty", map[string]string{"SERVER_IMAGE": ""},
+			`SERVER_IMAGE: "" is not a Hetzner system image name like debian-13 or ubuntu-24.04`},
+		{"server image id", map[string]string{"SERVER_IMAGE": "114690387"},
+			`SERVER_IMAGE: "114690387" is not a Hetzner system image name like debian-13 or ubuntu-24.04`},
 		{"type arm on amd", map[string]string{"SERVER_TYPES_AMD64": "cax11"},
 			`SERVER_TYPES_AMD64: "cax11" is an Arm64 server type; x86 types are cx*, cpx*, ccx*`},
 		{"type amd on arm", map[string]string{"SERVER_TYPES_ARM64": "cx23"},
@@ -156,7 +161,7 @@ func TestRejections(t *testing.T) {
 		{"type garbage", map[string]string{"SERVER_TYPES_ARM64": "big;rm"},
 			`SERVER_TYPES_ARM64: "big;rm" is not a Hetzner server type name like cx23 or cax11`},
 		{"types empty for built arch", map[string]string{"ARCHITECTURES": "arm64", "SERVER_TYPES_ARM64": ""},
-			"SERVER_TYPES_ARM64: is empty but arm64 is built; e.g. cax11,cax21"},
+			"SERVER_TYPES_ARM64: is empty but arm64 is built; e.g. cax11"},
 		{"location", map[string]string{"LOCATIONS": "fsn1,Falkenstein 1"},
 			`LOCATIONS: "Falkenstein 1" is not a location name like fsn1`},
 		{"locations empty", map[string]string{"LOCATIONS": ""}, "LOCATIONS: is empty; e.g. fsn1,nbg1,hel1"},
@@ -253,6 +258,10 @@ func TestAcceptedValues(t *testing.T) {
 		{"arn function", map[string]string{"BUILDER_FUNCTION_NAME": "arn:aws:lambda:eu-central-1:123456789012:function:s-builder"}},
 		{"qualified function", map[string]string{"BUILDER_FUNCTION_NAME": "s-builder:$LATEST"}},
 		{"dedicated x86", map[string]string{"SERVER_TYPES_AMD64": "ccx13"}},
+		// Whether Hetzner sells a type, and where, is asked at build time.
+		{"types not sold in the EU or any more", map[string]string{"SERVER_TYPES_AMD64": "cpx11,cx22"}},
+		{"other images", map[string]string{"SERVER_IMAGE": "ubuntu-24.04"}},
+		{"image with a longer name", map[string]string{"SERVER_IMAGE": "centos-stream-10"}},
 		{"no arm types when arm not built", map[string]string{"ARCHITECTURES": "amd64", "SERVER_TYPES_ARM64": ""}},
 		{"empty label value", map[string]string{"SNAPSHOT_LABELS": "pinned="}},
 		{"prerelease minimum", map[string]string{"MIN_VERSION": "v1.14.0-alpha.0"}},

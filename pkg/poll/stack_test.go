@@ -363,6 +363,10 @@ func TestLifecycle(t *testing.T) {
 	if n := len(w.st.Cloud.Servers()) + len(w.st.Cloud.SSHKeys()); n != 0 {
 		t.Errorf("%d servers and keys left", n)
 	}
+	// Every build server was created with a key: no root password mails.
+	if n := w.st.Cloud.RootPasswords(); n != 0 {
+		t.Errorf("%d root passwords issued", n)
+	}
 }
 
 func TestUnservedVersionIsDeferred(t *testing.T) {

@@ -21,10 +21,19 @@ type Version struct {
 var versionRE = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)` +
 	`(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?$`)
 
+// MaxVersionLength is the longest version accepted: a version is a label
+// value of its snapshot (talos_version, version), and Hetzner label values
+// are at most 63 characters (FACTS.md, "Rules").
+const MaxVersionLength = 63
+
 // ParseVersion parses a strict semantic version with a leading "v".
 func ParseVersion(s string) (Version, error) {
+	if len(s) > MaxVersionLength {
+		return Version{}, fmt.Errorf("%q is %d characters long; a version is at most %d (it becomes a snapshot label value)",
+			s, len(s), MaxVersionLength)
+	}
 	m := versionRE.FindStringSubmatch(s)
-	if m == nil || len(s) > 64 {
+	if m == nil {
 		return Version{}, fmt.Errorf("%q is not a version like v1.13.9 or v1.14.0-beta.1", s)
 	}
 	var v Version

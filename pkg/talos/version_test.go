@@ -2,6 +2,7 @@ package talos
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -42,6 +43,18 @@ func TestParseVersionRejects(t *testing.T) {
 		if v, err := ParseVersion(in); err == nil {
 			t.Errorf("ParseVersion(%q) = %s, want error", in, v)
 		}
+	}
+}
+
+// A version is a label value: at most 63 characters, and the error says so.
+func TestParseVersionLength(t *testing.T) {
+	v63 := "v1.14.0-" + strings.Repeat("a", 55)
+	if _, err := ParseVersion(v63); err != nil || len(v63) != 63 {
+		t.Errorf("ParseVersion(%d characters) = %v", len(v63), err)
+	}
+	_, err := ParseVersion(v63 + "b")
+	if err == nil || !strings.Contains(err.Error(), "is 64 characters long; a version is at most 63 (it becomes a snapshot label value)") {
+		t.Errorf("ParseVersion(64 characters) = %v", err)
 	}
 }
 
