@@ -13,11 +13,11 @@ import (
 // `locked` (another action still runs on the resource). Hetzner answers both
 // before it changes anything, so a retry — POST included — is safe, with one
 // exception: a create_image answered `locked` may be locked out by its own
-// first try, whose reply was lost and which hcloud-go retried on a 502
-// (hcloud-go deliberately does not retry `locked`, hcloud/client.go
-// retryPolicy). Retrying it blindly makes a second snapshot once that first
-// action ends, so `locked` goes back to the builder, which looks for the
-// snapshot before it asks again.
+// first try, whose reply was lost (hcloud-go retries the 502 of a lost
+// reply but not `locked`: hcloud/client_handler_retry.go, retryPolicy).
+// Retrying it blindly makes a second snapshot once that first action ends,
+// so `locked` goes back to the builder, which looks for the snapshot before
+// it asks again.
 type retryTransport struct {
 	next       http.RoundTripper
 	base       time.Duration
