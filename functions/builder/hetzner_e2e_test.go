@@ -3,12 +3,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,8 +64,13 @@ func TestHetznerEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The Builder talks to Hetzner through a loopback proxy that reads the
+	// answers to server creates: Hetzner mails a root password for every
+	// server created without an SSH key, and the answer is the only place
+	// that shows whether one was issued.
+	endpoint, passwords := watchRootPasswords(t, cfg.HCloudEndpoint)
 	b := build.New(build.Deps{
-		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: "e2e"}),
+		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: endpoint, Version: "e2e"}),
 		Factory: factory,
 		Logger:  slog.New(slog.NewJSONHandler(os.Stderr, nil)),
 	}, build.OptionsFrom(cfg, schematics))
@@ -88,6 +102,51 @@ func TestHetznerEndToEnd(t *testing.T) {
 	if err != nil || len(servers) != 0 {
 		t.Errorf("build servers left: %d (%v)", len(servers), err)
 	}
+	if n := passwords.Load(); n != 0 {
+		t.Errorf("%d server creates were answered with a root password (mailed to the project owner)", n)
+	}
+}
+
+// watchRootPasswords serves a loopback reverse proxy to the Hetzner API
+// that counts the server creates answered with a root password.
+func watchRootPasswords(t *testing.T, endpoint string) (string, *atomic.Int64) {
+	target, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: target.Scheme, Host: target.Host})
+	director := proxy.Director
+	proxy.Director = func(r *http.Request) {
+		director(r)
+		r.Host = target.Host
+	}
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method != http.MethodPost || !strings.HasSuffix(resp.Request.URL.Path, "/servers") {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		var created struct {
+			RootPassword *string `json:"root_password"`
+		}
+		if json.Unmarshal(body, &created) == nil && created.RootPassword != nil {
+			n.Add(1)
+		}
+		return nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + target.Path, &n
 }
 
 // smallestDisk is the smallest disk of the architecture's server types that
