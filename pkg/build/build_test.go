@@ -164,7 +164,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 	fc := newFakeCloud()
 	remote := &fakeRemote{table: talosTable}
 	b := testBuilder(fc, remote, nil, Options{})
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID == 0 || res.ServerType != "cx23" || res.Location != "fsn1" {
 		t.Fatalf("result = %+v", res)
 	}
@@ -185,7 +185,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 	}
 
 	fc.calls = nil
-	res = b.Build(context.Background(), target, false)
+	res = b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != img.ID {
 		t.Fatalf("second build = %+v", res)
 	}
@@ -273,7 +273,7 @@ func TestResume(t *testing.T) {
 				}
 			}
 			fc.calls = nil
-			res := b.Build(context.Background(), target, false)
+			res := b.Build(context.Background(), target, Request{})
 			if res.State != tt.state {
 				t.Errorf("state = %s (%s), want %s", res.State, res.Error, tt.state)
 			}
@@ -290,26 +290,57 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// TestLease: a request meeting another invocation's lease waits for it. A
+// live holder renews it: in progress, nothing done. A dead one lets it
+// expire: taken over and built. One expiring beyond this invocation's time:
+// a retry (a function error), never a silent in_progress.
 func TestLease(t *testing.T) {
 	tests := []struct {
-		name  string
-		until time.Duration
-		state State
+		name    string
+		until   time.Duration // the lease's expiry from now
+		renewed bool          // its holder renews it
+		budget  time.Duration // the invocation's time; 0: none
+		state   State
+		retry   bool
 	}{
-		{"held by a live invocation", time.Minute, InProgress},
-		{"expired", -time.Second, Done},
+		{name: "held by a live invocation", until: 2 * time.Second, renewed: true, state: InProgress},
+		{name: "held by a dead invocation", until: time.Second, state: Done},
+		{name: "expired", until: -time.Second, state: Done},
+		{name: "expires too late to wait", until: time.Minute, budget: 20 * time.Second, state: InProgress, retry: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second})
 			labels := target.targetLabels("")
 			labels[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
 			labels[labelLeaseOwner] = "other"
-			fc.CreateSSHKey(context.Background(), target.Name(), "ssh-ed25519 AAAA", labels)
-			res := b.Build(context.Background(), target, false)
-			if res.State != tt.state {
-				t.Fatalf("result = %+v", res)
+			key, _ := fc.CreateSSHKey(context.Background(), target.Name(), "ssh-ed25519 AAAA", labels)
+			if tt.renewed {
+				stop := make(chan struct{})
+				defer close(stop)
+				go func() { // the holder's heartbeat
+					for {
+						select {
+						case <-stop:
+							return
+						case <-time.After(300 * time.Millisecond):
+						}
+						l := maps.Clone(labels)
+						l[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
+						fc.SetSSHKeyLabels(context.Background(), key, l)
+					}
+				}()
+			}
+			ctx := context.Background()
+			if tt.budget > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.budget)
+				defer cancel()
+			}
+			res := b.Build(ctx, target, Request{})
+			if res.State != tt.state || res.retry != tt.retry {
+				t.Fatalf("result = %+v, retry %v", res, res.retry)
 			}
 			s, k, _ := fc.counts()
 			if tt.state == InProgress && (s != 0 || k != 1 || slices.Contains(fc.callLog(), "CreateServer")) {
@@ -355,7 +386,7 @@ func TestCapacity(t *testing.T) {
 			if tt.types != nil {
 				o.ServerTypes = map[string][]string{"amd64": tt.types}
 			}
-			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, false)
+			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, Request{})
 			if res.State != tt.state || res.ServerType != tt.typ || res.Location != tt.loc || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
 			}
@@ -379,13 +410,20 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Hour})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res := b.Build(ctx, target, true)
+	res := b.Build(ctx, target, Request{Force: true})
 	if res.State != InProgress || res.Step != StepInstall {
 		t.Fatalf("result = %+v", res)
 	}
 	want := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic, Force: true}
-	if len(cont.reqs) != 1 || cont.reqs[0] != want {
-		t.Errorf("continuations = %+v", cont.reqs)
+	if len(cont.reqs) != 1 {
+		t.Fatalf("continuations = %+v", cont.reqs)
+	}
+	got := cont.reqs[0]
+	c := got.Continuation
+	got.Continuation = nil
+	// The server was created: progress, so the next invocation is not idle.
+	if got != want || c == nil || c.Idle != 0 || c.Origin == "" || b.verify(cont.reqs[0]) != nil {
+		t.Errorf("continuation = %+v %+v", got, c)
 	}
 	if s, k, _ := fc.counts(); s != 1 || k != 0 {
 		t.Errorf("%d servers, %d keys; want the server kept and the lease released", s, k)
@@ -397,12 +435,12 @@ func TestWaitHandsOver(t *testing.T) {
 	fc.snapshotsReadyAfter = 1 << 30
 	cont := &recordingContinuer{}
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != InProgress || res.Step != StepWait || len(cont.reqs) != 1 {
 		t.Fatalf("result = %+v, continuations %d", res, len(cont.reqs))
 	}
 	fc.snapshotsReadyAfter = 0
-	if res = b.Build(context.Background(), target, false); res.State != Done {
+	if res = b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("after the snapshot is ready: %+v", res)
 	}
 	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
@@ -425,7 +463,7 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, false)
+			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
 			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
 			}
@@ -439,9 +477,9 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotWait: 20 * time.Millisecond})
-	first := b.Build(context.Background(), target, false)
+	first := b.Build(context.Background(), target, Request{})
 	fc.snapshotsReadyAfter = 1 << 30
-	res := b.Build(context.Background(), target, true)
+	res := b.Build(context.Background(), target, Request{Force: true})
 	if res.State != InProgress {
 		t.Fatalf("forced build = %+v", res)
 	}
@@ -449,7 +487,7 @@ func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 		t.Fatal("the old snapshot was deleted before the new one is available")
 	}
 	fc.snapshotsReadyAfter = 0
-	res = b.Build(context.Background(), target, true)
+	res = b.Build(context.Background(), target, Request{Force: true})
 	if res.State != Done || res.SnapshotID == first.SnapshotID {
 		t.Fatalf("forced build = %+v", res)
 	}
@@ -489,7 +527,7 @@ func TestInstallScript(t *testing.T) {
 func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
-	first := b.Build(context.Background(), target, false)
+	first := b.Build(context.Background(), target, Request{})
 	labels := target.targetLabels("")
 	labels[labelRole], labels[labelStep] = roleBuildServer, "cleanup"
 	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
@@ -500,7 +538,7 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 		}
 	}
 	fc.calls = nil
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != first.SnapshotID {
 		t.Fatalf("result = %+v", res)
 	}
@@ -527,7 +565,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	fc.failOn["DeleteImage"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "image is locked"}
 	fc.failOn["DeleteServer"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "server is locked"}
 
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Failed || !strings.Contains(res.Error, "failed: timeout") {
 		t.Fatalf("result = %+v", res)
 	}
@@ -545,7 +583,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	delete(fc.failOn, "DeleteImage")
 	delete(fc.failOn, "DeleteServer")
 	fc.snapshotsReadyAfter = 0
-	res = b.Build(context.Background(), target, false)
+	res = b.Build(context.Background(), target, Request{})
 	if res.State != Done || fc.images[img.ID] != nil {
 		t.Fatalf("result = %+v; failed snapshot still there: %v", res, fc.images[img.ID] != nil)
 	}

@@ -386,6 +386,9 @@ func testBuilder(fc *fakeCloud, remote *fakeRemote, cont Continuer, o Options) *
 	if o.Locations == nil {
 		o.Locations = []string{"fsn1", "nbg1"}
 	}
+	if o.SigningKey == nil {
+		o.SigningKey = SigningKey("test-token")
+	}
 	b := New(Deps{
 		Cloud:   fc,
 		Factory: fakeFactory{versions: map[string]bool{"v1.13.9": true, "v1.12.5": true}},

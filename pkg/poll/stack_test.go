@@ -396,7 +396,7 @@ func (w *world) breakBuild(t build.Target) {
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second) // < INSTALL_TIMEOUT
 	defer cancel()
-	if res := w.builder.Build(ctx, t, false); res.State != build.InProgress || res.Step != build.StepInstall {
+	if res := w.builder.Build(ctx, t, build.Request{}); res.State != build.InProgress || res.Step != build.StepInstall {
 		w.t.Fatalf("broken build: %+v, want in_progress at install", res)
 	}
 }
