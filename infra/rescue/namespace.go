@@ -71,7 +71,7 @@ for d in /dev /dev/shm /tmp /root; do
 	fs=$(stat -f -c %T "$d")
 	[ "$fs" = tmpfs ] || fail "$d is not a tmpfs"
 done
-[ -x ` + shimDir + `/blkdiscard ] || fail "shims missing"
+[ -f ` + shimDir + `/` + binMarker + ` ] || fail "shims missing"
 echo ready
 exec sleep infinity
 `
@@ -79,7 +79,8 @@ exec sleep infinity
 // sessionScript runs a session's command inside the namespace, after
 // checking that it really is inside: not the host's mount namespace, no
 // /dev/vda, the disk file as /dev/sda. $1 is the host's mount namespace, $2
-// the disk's "dev:inode", the rest are bash's arguments.
+// the disk's "dev:inode", $3 root's login shell, the rest are the shell's
+// arguments.
 const sessionScript = `exec 3<&- 4<&- 5<&-
 mnt=$(readlink /proc/self/ns/mnt) || mnt=
 devfs=$(stat -f -c %T /dev) || devfs=
@@ -88,14 +89,15 @@ if [ -z "$mnt" ] || [ "$mnt" = "$1" ] || [ "$devfs" != tmpfs ] || [ -e /dev/vda 
 	echo "rescue: not inside the machine's namespace; command not run" >&2
 	exit 1
 fi
-shift 2
+shell=$3
+shift 3
 cd /root
-exec bash "$@"
+exec "$shell" "$@"
 `
 
 // hostEnv is what the pool found out about the host.
 type hostEnv struct {
-	bash, nsenter, dd string
+	bash, nsenter, dd, curl string
 	// ns holds the links of the host's namespaces ("mnt:[4026531841]").
 	ns map[string]string
 }
@@ -130,7 +132,7 @@ func probeHost() (hostEnv, error) {
 		}
 		paths[t.name] = p
 	}
-	env := hostEnv{bash: paths["bash"], nsenter: paths["nsenter"], dd: paths["dd"], ns: make(map[string]string)}
+	env := hostEnv{bash: paths["bash"], nsenter: paths["nsenter"], dd: paths["dd"], curl: paths["curl"], ns: make(map[string]string)}
 	for _, name := range nsNames {
 		link, err := os.Readlink("/proc/self/ns/" + name)
 		if err != nil {
@@ -236,11 +238,11 @@ func newNamespace(env hostEnv, diskPath, binDir string) (*namespace, error) {
 	return n, nil
 }
 
-// command returns a command that runs bash with args inside the namespace.
-func (n *namespace) command(env hostEnv, args ...string) *exec.Cmd {
+// command returns a command that runs shell with args inside the namespace.
+func (n *namespace) command(env hostEnv, shell string, args ...string) *exec.Cmd {
 	cmd := exec.Command(env.nsenter,
 		"--mount=/proc/self/fd/3", "--uts=/proc/self/fd/4", "--pid=/proc/self/fd/5", "--",
-		env.bash, "-c", sessionScript, "rescue-session", env.ns["mnt"], n.diskID)
+		env.bash, "-c", sessionScript, "rescue-session", env.ns["mnt"], n.diskID, shell)
 	cmd.Args = append(cmd.Args, args...)
 	cmd.ExtraFiles = n.files
 	cmd.Dir = "/"

@@ -59,7 +59,7 @@ func TestSessionScriptFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "bin")
-	if err := writeShims(bin, "http://127.0.0.1:1/", env.dd); err != nil {
+	if err := writeBin(bin, binConfig{powerURL: "http://127.0.0.1:1/", dd: env.dd, curl: env.curl}); err != nil {
 		t.Fatal(err)
 	}
 	ns, err := newNamespace(env, diskPath, bin)
@@ -73,14 +73,14 @@ func TestSessionScriptFailsClosed(t *testing.T) {
 		cmd  func() *exec.Cmd
 		ran  bool
 	}{
-		{"in the namespace", func() *exec.Cmd { return ns.command(env, "-c", "echo RAN") }, true},
+		{"in the namespace", func() *exec.Cmd { return ns.command(env, env.bash, "-c", "echo RAN") }, true},
 		{"on the host", func() *exec.Cmd {
-			return exec.Command(env.bash, "-c", sessionScript, "session", env.ns["mnt"], ns.diskID, "-c", "echo RAN")
+			return exec.Command(env.bash, "-c", sessionScript, "session", env.ns["mnt"], ns.diskID, env.bash, "-c", "echo RAN")
 		}, false},
 		{"with another disk", func() *exec.Cmd {
 			wrong := *ns
 			wrong.diskID = "1:1"
-			return wrong.command(env, "-c", "echo RAN")
+			return wrong.command(env, env.bash, "-c", "echo RAN")
 		}, false},
 	}
 	for _, tt := range tests {

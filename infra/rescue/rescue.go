@@ -8,6 +8,12 @@
 // (null, zero, ...). The namespace is verified before any command runs in
 // it, and killing its init on Halt ends every process of the boot.
 //
+// The sessions run the host's tools, with shims in front for what acts on a
+// disk (blkdiscard, blockdev, dd) or on the machine (poweroff and friends).
+// Options model what is not documented about Hetzner's rescue system and
+// may differ from the host: root's login shell, tools that are missing, and
+// a discard that leaves the data in place.
+//
 // Pool implements the Machines interface of infra/hetzner but for the type of
 // Boot's argument, which converts (see Rescue).
 package rescue
@@ -24,6 +30,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -49,6 +56,21 @@ type Options struct {
 	// each new disk, standing in for the OS image a real server comes with:
 	// a build that neither discards nor overwrites the disk leaves traces.
 	Dirty bool
+	// Shell is root's login shell, an absolute path on the host: it runs
+	// the command of an exec request as "Shell -c command", as sshd does,
+	// and serves shell requests. Default /bin/bash; /bin/sh is dash on
+	// Debian, which has no pipefail (dash 0.5.12, Debian 12).
+	Shell string
+	// MissingTools are commands the rescue system lacks, e.g. "curl",
+	// "sfdisk", "zstd": no directory of its PATH has them. Whether Hetzner's
+	// rescue system has curl and sfdisk is not documented. With tools
+	// missing, the sessions' PATH is the machine's bin directory alone,
+	// holding the shims and links to every other tool of the host; an
+	// absolute path (/usr/bin/curl) still reaches the host's tool.
+	MissingTools []string
+	// DiscardKeepsData makes blkdiscard succeed without zeroing anything,
+	// as Linux allows: "blkdiscard --zeroout" still zeroes.
+	DiscardKeepsData bool
 	// PowerFunc, if set, is called after a guest powered itself off
 	// ("poweroff") or asked for a reboot ("reboot"). The pool has halted the
 	// machine already; for a reboot the caller decides how to boot it again.
@@ -139,6 +161,9 @@ func New(opts Options) *Pool {
 	if opts.Port == 0 {
 		opts.Port = 22
 	}
+	if opts.Shell == "" {
+		opts.Shell = "/bin/bash"
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -162,6 +187,9 @@ func (p *Pool) startLocked() error {
 	}
 	env, err := probeHost()
 	if err != nil {
+		return err
+	}
+	if err := checkOptions(p.opts); err != nil {
 		return err
 	}
 	dir := p.opts.Dir
@@ -205,8 +233,11 @@ func (p *Pool) Create(id int64, diskBytes int64) (string, error) {
 	if err := createDisk(m.disk, p.opts.DiskSize, p.opts.Dirty); err != nil {
 		return "", fmt.Errorf("create machine %d: %w", id, err)
 	}
-	if err := writeShims(m.bin, p.powerURL+"/power/"+m.token+"/", p.env.dd); err != nil {
+	err := writeBin(m.bin, binConfig{powerURL: p.powerURL + "/power/" + m.token + "/", dd: p.env.dd, curl: p.env.curl,
+		keepData: p.opts.DiscardKeepsData, missing: p.opts.MissingTools})
+	if err != nil {
 		os.Remove(m.disk)
+		os.RemoveAll(m.bin)
 		return "", fmt.Errorf("create machine %d: %w", id, err)
 	}
 	ip, err := claimAddr(p.opts.Port)
@@ -221,6 +252,33 @@ func (p *Pool) Create(id int64, diskBytes int64) (string, error) {
 	p.record(Event{Server: id, Kind: EventCreate, Detail: ip})
 	p.log.Info("machine created", "id", id, "ip", ip, "disk", m.disk)
 	return ip, nil
+}
+
+// toolName is what MissingTools accepts: a command name, no path.
+var toolName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
+
+// checkOptions checks the options that name things on the host.
+func checkOptions(o Options) error {
+	st, err := os.Stat(o.Shell)
+	if !filepath.IsAbs(o.Shell) || err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("login shell %q is not an executable file on the host", o.Shell)
+	}
+	for _, t := range o.MissingTools {
+		if !toolName.MatchString(t) {
+			return fmt.Errorf("missing tool %q is not a command name", t)
+		}
+	}
+	return nil
+}
+
+// sessionPath is the sessions' PATH: the shims first, as /usr/local/sbin
+// comes first on Debian; the machine's bin directory alone when tools are
+// missing.
+func (p *Pool) sessionPath() string {
+	if len(p.opts.MissingTools) > 0 {
+		return shimDir
+	}
+	return shimDir + ":" + systemPath
 }
 
 // createDisk makes a sparse file of size bytes, replacing a stale one.

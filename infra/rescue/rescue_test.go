@@ -219,10 +219,13 @@ func TestBlkdiscard(t *testing.T) {
 			wantOut: fmt.Sprintf("/dev/sda: Discarded %d bytes from the offset 0", testDiskSize)},
 		{cmd: "blkdiscard -fv /dev/sda", ok: true,
 			wantOut: fmt.Sprintf("/dev/sda: Discarded %d bytes from the offset 0", testDiskSize)},
+		{cmd: "blkdiscard -z /dev/sda", ok: true},
+		{cmd: "blkdiscard --zeroout --force -v /dev/sda", ok: true,
+			wantOut: fmt.Sprintf("/dev/sda: Zero-filled %d bytes from the offset 0", testDiskSize)},
 		{cmd: "blkdiscard /dev/zero"},
 		{cmd: "touch /tmp/f && blkdiscard -f /tmp/f"},
 		{cmd: "blkdiscard"},
-		{cmd: "blkdiscard -z /dev/sda"},
+		{cmd: "blkdiscard -s /dev/sda"},
 		{cmd: "blkdiscard /dev/sda /dev/sda"},
 	}
 	for _, tt := range tests {
@@ -261,6 +264,124 @@ func TestBlkdiscard(t *testing.T) {
 				t.Errorf("disk size %d after discard", size)
 			}
 		})
+	}
+}
+
+// A discard that keeps the data succeeds and changes nothing; zero-filling
+// still zeroes.
+func TestDiscardKeepsData(t *testing.T) {
+	t.Parallel()
+	p := newPool(t, rescue.Options{DiscardKeepsData: true})
+	m := bootRescue(t, p, 1)
+	mustRun(t, m.client, "head -c 8M /dev/urandom | dd of=/dev/sda bs=1M iflag=fullblock status=none && sync", nil)
+	written := diskDigest(t, p, 1)
+	if got := mustRun(t, m.client, "blkdiscard -fv /dev/sda", nil); got != fmt.Sprintf("/dev/sda: Discarded %d bytes from the offset 0", testDiskSize) {
+		t.Errorf("blkdiscard said %q", got)
+	}
+	if got := diskDigest(t, p, 1); got != written {
+		t.Errorf("digest %s after the discard, want the data's %s", got, written)
+	}
+	mustRun(t, m.client, "blkdiscard --zeroout /dev/sda", nil)
+	if got := diskDigest(t, p, 1); got != emptyDigest {
+		t.Errorf("digest %s after zero-filling, want zeros", got)
+	}
+}
+
+func TestBlockdev(t *testing.T) {
+	t.Parallel()
+	p := newPool(t, rescue.Options{})
+	m := bootRescue(t, p, 1)
+	tests := []struct {
+		cmd, want string
+	}{
+		{"blockdev --getsize64 /dev/sda", fmt.Sprint(testDiskSize)},
+		{"blockdev --getsz /dev/sda", fmt.Sprint(testDiskSize / 512)},
+		{"blockdev --getss /dev/sda", "512"},
+		{"blockdev --getsize64 /dev/null", ""},
+		{"blockdev --rereadpt /dev/sda", ""},
+		{"blockdev --getsize64", ""},
+	}
+	for _, tt := range tests {
+		out, _, err := run(m.client, tt.cmd, nil)
+		if tt.want == "" {
+			if err == nil || exitStatus(t, err) == 0 {
+				t.Errorf("%s: succeeded with %q, want a refusal", tt.cmd, out)
+			}
+			continue
+		}
+		if err != nil || strings.TrimSpace(out) != tt.want {
+			t.Errorf("%s: %q, %v; want %q", tt.cmd, out, err, tt.want)
+		}
+	}
+}
+
+// Root's login shell runs exec requests; Debian's /bin/sh is dash, which
+// has no pipefail, so a script needs bash by name.
+func TestLoginShell(t *testing.T) {
+	t.Parallel()
+	sh, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(sh) != "dash" {
+		t.Skipf("/bin/sh is %s here, not dash as on Debian", sh)
+	}
+	p := newPool(t, rescue.Options{Shell: "/bin/sh"})
+	m := bootRescue(t, p, 1)
+	if got := mustRun(t, m.client, "echo $SHELL; readlink -f /proc/$$/exe", nil); got != "/bin/sh\n"+sh {
+		t.Errorf("shell: %q", got)
+	}
+	if _, errOut, err := run(m.client, "set -o pipefail", nil); err == nil || !strings.Contains(errOut, "pipefail") {
+		t.Errorf("pipefail under dash: %v, %q; want an illegal option", err, errOut)
+	}
+	_, _, err = run(m.client, "bash -s", []byte("set -euo pipefail\nfalse | cat\necho not reached\n"))
+	if exitStatus(t, err) != 1 {
+		t.Errorf("bash -s with a failing pipeline: %v", err)
+	}
+	for _, bad := range []string{"sh", "/nonexistent/shell", "/etc"} {
+		p := newPool(t, rescue.Options{Shell: bad})
+		if _, err := p.Create(1, 0); err == nil {
+			t.Errorf("login shell %q accepted", bad)
+		}
+	}
+}
+
+// Missing tools are on no directory of PATH; everything else, the shims
+// among it, works as before, poweroff too.
+func TestMissingTools(t *testing.T) {
+	t.Parallel()
+	powered := make(chan int64, 1)
+	p := newPool(t, rescue.Options{MissingTools: []string{"curl", "sfdisk", "zstd"},
+		PowerFunc: func(id int64, _ string) { powered <- id }})
+	m := bootRescue(t, p, 1)
+	for _, tool := range []string{"curl", "sfdisk", "zstd"} {
+		if out, _, err := run(m.client, "command -v "+tool, nil); err == nil {
+			t.Errorf("%s is on PATH: %q", tool, out)
+		}
+	}
+	if got := mustRun(t, m.client, "command -v wget xz dd blkdiscard blockdev cmp", nil); got !=
+		"/usr/local/sbin/wget\n/usr/local/sbin/xz\n/usr/local/sbin/dd\n/usr/local/sbin/blkdiscard\n/usr/local/sbin/blockdev\n/usr/local/sbin/cmp" {
+		t.Errorf("tools: %q", got)
+	}
+	if got := mustRun(t, m.client, "echo $PATH; printf abc | xz | xz -d", nil); got != "/usr/local/sbin\nabc" {
+		t.Errorf("PATH and xz: %q", got)
+	}
+	if _, _, err := run(m.client, "poweroff", nil); err == nil {
+		t.Error("poweroff returned normally")
+	}
+	select {
+	case id := <-powered:
+		if id != 1 {
+			t.Errorf("machine %d powered off", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("poweroff without curl on PATH did not power off")
+	}
+	for _, bad := range []string{"", "/usr/bin/curl", "../curl", "cu rl"} {
+		p := newPool(t, rescue.Options{MissingTools: []string{bad}})
+		if _, err := p.Create(1, 0); err == nil {
+			t.Errorf("missing tool %q accepted", bad)
+		}
 	}
 }
 

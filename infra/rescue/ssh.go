@@ -268,13 +268,14 @@ var signalNames = map[syscall.Signal]string{
 	syscall.SIGUSR2: "USR2",
 }
 
-// run starts bash with args in the namespace, wired to the channel, and
-// returns a channel that reports how it ended once its output is drained.
+// run starts the login shell with args in the namespace, wired to the
+// channel, and returns a channel that reports how it ended once its output
+// is drained.
 func (h *host) run(sc *ssh.ServerConn, ch ssh.Channel, args []string) (<-chan exitInfo, error) {
-	cmd := h.ns.command(h.pool.env, args...)
+	cmd := h.ns.command(h.pool.env, h.pool.opts.Shell, args...)
 	cmd.Env = []string{
-		"PATH=" + shimDir + ":" + systemPath,
-		"HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/bash",
+		"PATH=" + h.pool.sessionPath(),
+		"HOME=/root", "USER=root", "LOGNAME=root", "SHELL=" + h.pool.opts.Shell,
 		"SSH_CONNECTION=" + sshConnection(sc),
 	}
 	cmd.Stdout = ch

@@ -44,7 +44,7 @@ type Factory interface {
 
 // Remote runs commands on the rescue system; *ssh.Client.
 type Remote interface {
-	Run(ctx context.Context, cmd string, stdout io.Writer) error
+	RunStdin(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error
 	Close() error
 }
 

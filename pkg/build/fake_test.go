@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt/gpttest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
@@ -338,28 +341,61 @@ func (f fakeFactory) Find(_ context.Context, schematic, version, arch string) (t
 		Compression: talos.Zstd, Size: 100}, nil
 }
 
-// fakeRemote answers the install script and the partition table query.
+// fakeRemote answers the install script, and the disk size and reads that
+// verify the written disk from table, a disk image.
 type fakeRemote struct {
 	mu       sync.Mutex
-	commands []string
-	failRun  error
-	table    string
+	commands []string // each with its stdin, if any, after a newline
+	failRun  error    // what the install script returns
+	table    []byte
 }
 
-func (r *fakeRemote) Run(_ context.Context, cmd string, stdout io.Writer) error {
+func (r *fakeRemote) RunStdin(_ context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.commands = append(r.commands, cmd)
-	if cmd == verifyCommand {
-		_, err := io.WriteString(stdout, r.table)
+	rec := cmd
+	if stdin != nil {
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return err
+		}
+		rec += "\n" + string(b)
+	}
+	r.commands = append(r.commands, rec)
+	switch cmd {
+	case scriptCommand:
+		return r.failRun
+	case diskSizeCommand:
+		_, err := fmt.Fprintln(stdout, len(r.table))
 		return err
 	}
-	return r.failRun
+	var skip, count int
+	if n, err := fmt.Sscanf(cmd, readCommand, &skip, &count); err != nil || n != 2 {
+		return fmt.Errorf("fake rescue system: unexpected command %q", cmd)
+	}
+	start := min(skip*gpt.SectorSize, len(r.table))
+	_, err := stdout.Write(r.table[start:min(start+count*gpt.SectorSize, len(r.table))])
+	return err
 }
 
 func (r *fakeRemote) Close() error { return nil }
 
-const talosTable = `{"partitiontable":{"label":"gpt","partitions":[{"name":"EFI"},{"name":"BIOS"},{"name":"BOOT"},{"name":"META"},{"name":"STATE"}]}}`
+// talosTable is the disk of a v1.13 amd64 Talos image.
+var talosTable = gpttest.Image(8<<20, gpttest.Layout("EFI", "BIOS", "BOOT", "META"))
+
+// tableWithoutMETA is a GPT disk that is no Talos image.
+var tableWithoutMETA = gpttest.Image(8<<20, gpttest.Layout("EFI", "BIOS", "BOOT"))
+
+// mbrDisk returns a disk with an MBR partition table: one Linux partition.
+func mbrDisk() []byte {
+	d := make([]byte, 8<<20)
+	rec := d[446:462]
+	rec[4] = 0x83
+	binary.LittleEndian.PutUint32(rec[8:12], 2048)
+	binary.LittleEndian.PutUint32(rec[12:16], 8192)
+	d[510], d[511] = 0x55, 0xAA
+	return d
+}
 
 type recordingContinuer struct {
 	mu   sync.Mutex

@@ -123,7 +123,7 @@ func newBenchEnv() (_ *benchEnv, err error) {
 	if err := e.fetchImages(context.Background()); err != nil {
 		return nil, err
 	}
-	ours, err := installScript(talos.Image{URL: e.zst, Compression: talos.Zstd})
+	ours, err := installScript(talos.Image{URL: e.zst, Compression: talos.Zstd}, writeAttempts, writeRetryDelay)
 	if err != nil {
 		return nil, err
 	}

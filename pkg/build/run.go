@@ -1,7 +1,6 @@
 package build
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -530,19 +529,11 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", fmt.Errorf("reach rescue system of %s: %w", r.t.Name(), err)
 	}
 	defer remote.Close()
-	script, err := installScript(img)
-	if err != nil {
+	log.InfoContext(ctx, "writing image", "url", img.URL, "compression", img.Compression)
+	if err := writeImage(ctx, remote, img); err != nil {
 		return "", err
 	}
-	log.InfoContext(ctx, "writing image", "url", img.URL, "compression", img.Compression)
-	if err := remote.Run(ctx, script, nil); err != nil {
-		return "", fmt.Errorf("write %s to the disk: %w", img.URL, err)
-	}
-	var out bytes.Buffer
-	if err := remote.Run(ctx, verifyCommand, &out); err != nil {
-		return "", fmt.Errorf("read the partition table: %w", err)
-	}
-	parts, err := checkPartitions(out.Bytes())
+	parts, err := verifyDisk(ctx, remote, r.t, log)
 	if err != nil {
 		return "", err
 	}

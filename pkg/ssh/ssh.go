@@ -211,6 +211,13 @@ func (e *ExitError) Error() string {
 // command exits non-zero; when ctx ends the session is closed and ctx's error
 // returned.
 func (c *Client) Run(ctx context.Context, cmd string, stdout io.Writer) error {
+	return c.RunStdin(ctx, cmd, nil, stdout)
+}
+
+// RunStdin is Run with stdin, if not nil, as the command's standard input;
+// its end closes the command's input. A script given this way to "bash -s"
+// runs under bash whatever root's login shell is.
+func (c *Client) RunStdin(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
 	s, err := c.c.NewSession()
 	if err != nil {
 		return fmt.Errorf("ssh %s: new session: %w", c.addr, err)
@@ -220,6 +227,7 @@ func (c *Client) Run(ctx context.Context, cmd string, stdout io.Writer) error {
 	errLog := c.lineLogger(ctx, "stderr")
 	defer errLog.Close()
 	s.Stderr = io.MultiWriter(errLog, tail)
+	s.Stdin = stdin
 	s.Stdout = stdout
 	if stdout == nil {
 		outLog := c.lineLogger(ctx, "stdout")

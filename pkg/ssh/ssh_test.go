@@ -98,7 +98,7 @@ func handleSession(ch xssh.Channel, reqs <-chan *xssh.Request) {
 		}
 		n := binary.BigEndian.Uint32(req.Payload)
 		cmd := exec.Command("bash", "-c", string(req.Payload[4:4+n]))
-		cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
 		req.Reply(true, nil)
 		status := 0
 		if err := cmd.Run(); err != nil {
@@ -225,6 +225,42 @@ func TestRun(t *testing.T) {
 				t.Errorf("%q: log lacks %q: %q", tt.cmd, tt.logLine, sink.lines)
 			}
 		}
+	}
+}
+
+func TestRunStdin(t *testing.T) {
+	key, _ := NewKey()
+	srv := newTestServer(t, "127.0.0.1:0", publicKey(t, key))
+	c, err := (&Dialer{Key: key, Addr: srv.addr}).Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tests := []struct {
+		name, cmd, stdin, stdout string
+		status                   int
+	}{
+		{"script", "bash -s", "echo one\necho two\n", "one\ntwo\n", 0},
+		{"script fails", "bash -s", "set -euo pipefail\necho before\nfalse | cat\necho after\n", "before\n", 1},
+		{"data", "wc -c", "12345", "5\n", 0},
+		{"no stdin", "cat", "", "", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdin io.Reader
+			if tt.stdin != "" {
+				stdin = strings.NewReader(tt.stdin)
+			}
+			var out bytes.Buffer
+			err := c.RunStdin(context.Background(), tt.cmd, stdin, &out)
+			var ee *ExitError
+			if tt.status == 0 && err != nil || tt.status != 0 && (!errors.As(err, &ee) || ee.Status != tt.status) {
+				t.Errorf("err = %v, want exit status %d", err, tt.status)
+			}
+			if out.String() != tt.stdout {
+				t.Errorf("stdout %q, want %q", out.String(), tt.stdout)
+			}
+		})
 	}
 }
 
