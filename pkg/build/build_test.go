@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,10 +409,19 @@ func TestCapacity(t *testing.T) {
 func TestContinuesWhenShortOfTime(t *testing.T) {
 	fc := newFakeCloud()
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Hour})
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: 55 * time.Second})
+	// Creating the server takes 10 s of the invocation's minute: the install
+	// no longer fits.
+	var skew atomic.Int64
+	b.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	fc.afterCall = func(name string) {
+		if name == "CreateServer" {
+			skew.Store(int64(10 * time.Second))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res := b.Build(ctx, target, Request{Force: true})
+	res := b.Build(withInvocationStart(ctx, time.Now()), target, Request{Force: true})
 	if res.State != InProgress || res.Step != StepInstall {
 		t.Fatalf("result = %+v", res)
 	}
@@ -428,6 +438,60 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 	}
 	if s, k, _ := fc.counts(); s != 1 || k != 0 {
 		t.Errorf("%d servers, %d keys; want the server kept and the lease released", s, k)
+	}
+}
+
+// TestFunctionTimeoutTooShort: a function whose whole timeout cannot hold
+// a step fails, naming both, instead of handing over forever; before the
+// server exists, it creates nothing.
+func TestFunctionTimeoutTooShort(t *testing.T) {
+	fc := newFakeCloud()
+	cont := &recordingContinuer{}
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	res := b.Build(withInvocationStart(ctx, time.Now()), target, Request{})
+	if res.State != Failed || !strings.Contains(res.Error, "this invocation had 25s in all (the function's timeout), but step install needs 1m0s (INSTALL_TIMEOUT)") {
+		t.Fatalf("result = %+v", res)
+	}
+	if m := mutating(fc.callLog()); len(m) != 0 || len(cont.reqs) != 0 {
+		t.Errorf("mutating calls %v, continuations %v", m, cont.reqs)
+	}
+}
+
+// TestIdleHopsAreBounded: invocations that hand over without progress are
+// counted in the signed continuation, and the build fails after a few.
+func TestIdleHopsAreBounded(t *testing.T) {
+	fc := newFakeCloud()
+	cont := &recordingContinuer{}
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
+	labels := target.targetLabels("")
+	labels[labelRole], labels[labelStep] = roleBuildServer, "install"
+	fc.CreateServer(context.Background(), cloudOpts(labels))
+	req := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic}
+	var res Result
+	for hop := 1; hop <= maxIdleHops+1; hop++ {
+		// Each invocation starts with its whole 11 s, but something (a slow
+		// start) leaves it less than the install needs.
+		start := time.Now().Add(-2 * time.Second)
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(11*time.Second))
+		res = b.Build(withInvocationStart(ctx, start), target, req)
+		cancel()
+		if hop <= maxIdleHops {
+			if res.State != InProgress || len(cont.reqs) != hop || cont.reqs[hop-1].Continuation.Idle != hop {
+				t.Fatalf("hop %d: result %+v, continuations %+v", hop, res, cont.reqs)
+			}
+			req = cont.reqs[hop-1]
+		}
+	}
+	if res.State != Failed || !strings.Contains(res.Error, "invocations in a row handed step install over without progress") {
+		t.Fatalf("result = %+v", res)
+	}
+	// A payload cannot reset the count: a forged or altered continuation is refused.
+	forged := req
+	forged.Continuation = &Continuation{Origin: req.Continuation.Origin, Idle: 0, MAC: req.Continuation.MAC}
+	if _, err := b.Handle(context.Background(), forged); err == nil || !strings.Contains(err.Error(), "not signed") {
+		t.Errorf("forged continuation: %v", err)
 	}
 }
 

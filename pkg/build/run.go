@@ -78,6 +78,12 @@ func (b *Builder) Build(ctx context.Context, t Target, req Request) Result {
 func (r *run) build(ctx context.Context) Result {
 	b := r.b
 	log := r.log.With("step", StepCheck)
+	// A function whose whole time cannot hold the longest step never
+	// finishes a build: fail before anything is created (and before every
+	// invocation hands over to the next, forever).
+	if whole := r.whole(ctx); whole < b.opts.InstallTimeout {
+		return r.failed(ctx, StepCheck, errTooShort(whole, StepInstall, b.opts.InstallTimeout))
+	}
 	srv, err := b.cloud.ServerByName(ctx, r.t.Name())
 	if err != nil {
 		return r.failed(ctx, StepCheck, err)
@@ -132,8 +138,7 @@ func (r *run) build(ctx context.Context) Result {
 	for step := stepOf(r.srv); step != ""; {
 		if !r.haveTime(ctx, step) {
 			if whole := r.whole(ctx); !r.progressed && whole < r.need(step) {
-				return r.failed(ctx, step, fmt.Errorf("this invocation had %s in all (the function's timeout) but step %s needs %s (%s): "+
-					"raise the function's timeout or lower the budget", whole.Round(time.Second), step, r.need(step), budgetName(step)))
+				return r.abort(ctx, step, errTooShort(whole, step, r.need(step)))
 			}
 			return r.continueLater(ctx, step)
 		}
@@ -341,11 +346,13 @@ func (r *run) need(step Step) time.Duration {
 	return r.b.opts.StepTimeout
 }
 
-func budgetName(step Step) string {
+func errTooShort(whole time.Duration, step Step, need time.Duration) error {
+	budget := "STEP_TIMEOUT"
 	if step == StepInstall {
-		return "INSTALL_TIMEOUT"
+		budget = "INSTALL_TIMEOUT"
 	}
-	return "STEP_TIMEOUT"
+	return fmt.Errorf("this invocation had %s in all (the function's timeout), but step %s needs %s (%s): "+
+		"raise the function's timeout or lower %s", whole.Round(time.Second), step, need, budget, budget)
 }
 
 func (r *run) haveTime(ctx context.Context, step Step) bool {
@@ -519,6 +526,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err := b.cloud.EnableRescue(ctx, r.srv, r.lease.hkey); err != nil {
 		return "", err
 	}
+	log.InfoContext(ctx, "rescue enabled")
 	if err := b.cloud.Boot(ctx, r.srv); err != nil {
 		return "", err
 	}
