@@ -313,7 +313,7 @@ func TestLease(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second})
+			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
 			labels[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
 			labels[labelLeaseOwner] = "other"
