@@ -118,12 +118,12 @@ func (r *run) build(ctx context.Context) Result {
 	// Another invocation may have moved on before we took the lease, or
 	// even finished the build (or a duplicate of this request did).
 	if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
-		return r.failed(ctx, StepCheck, err)
+		return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 	}
 	if srv == nil {
 		exists, err := r.existing(ctx, log)
 		if err != nil {
-			return r.failed(ctx, StepCheck, err)
+			return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 		}
 		if exists {
 			return r.res
