@@ -629,3 +629,27 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 		t.Errorf("left %d servers, %d keys, %d images; want 0, 0, 1", s, k, i)
 	}
 }
+
+// TestSnapshotMadeWhileTakingTheLease: no server at the first look, but a
+// duplicate of the request finished the build before this invocation got
+// the lease: the check after taking it finds the snapshot; nothing is built.
+func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
+	fc := newFakeCloud()
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	lookups := 0
+	var made int64
+	fc.beforeServerByName = func() {
+		if lookups++; lookups == 2 {
+			made = fc.id()
+			fc.images[made] = &hcloud.Image{ID: made, Type: hcloud.ImageTypeSnapshot, Status: hcloud.ImageStatusAvailable,
+				Labels: target.snapshotLabels("", nil, 1), Created: time.Now()}
+		}
+	}
+	res := b.Build(context.Background(), target, Request{})
+	if res.State != Done || res.SnapshotID != made {
+		t.Fatalf("result = %+v, want done with snapshot %d", res, made)
+	}
+	if m := mutating(fc.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
+		t.Errorf("calls %v", m)
+	}
+}
