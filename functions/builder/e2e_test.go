@@ -359,9 +359,11 @@ func TestSimultaneousInvocationsMakeOneServer(t *testing.T) {
 }
 
 func TestFlakyAPI(t *testing.T) {
+	// A lease renewal meets the faults too, and hcloud-go's backoff after
+	// one of them takes seconds: the lease must outlast a few of them.
 	w := newWorld(t, setup{stack: stack.Options{Seed: 7, Faults: hetzner.Faults{
 		Transient: 0.2, Locked: 0.1, FailAfterCommit: 1,
-	}}})
+	}}, env: map[string]string{"LEASE_TTL": "15s"}})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" || resp.Results[0].State != build.Done {
 		t.Fatalf("%+v %s", resp, ferr)

@@ -818,3 +818,30 @@ func TestInvokeScriptMatchesTemplate(t *testing.T) {
 		t.Errorf("scripts/invoke runs %v, template.yaml says %v", got, want)
 	}
 }
+
+// TestStepBudgetPatterns: the template's patterns for the step budgets
+// accept exactly the durations pkg/config accepts (with every other
+// setting at its default), in the forms 90s, 8m and 8m30s, from 1s to 20m.
+func TestStepBudgetPatterns(t *testing.T) {
+	params := obj(loadTemplate(t)["Parameters"])
+	for param, env := range map[string]string{
+		"StepTimeout": "STEP_TIMEOUT", "InstallTimeout": "INSTALL_TIMEOUT", "SnapshotWait": "SNAPSHOT_WAIT",
+	} {
+		for secs := 1; secs <= 20*60; secs++ {
+			forms := []string{strconv.Itoa(secs) + "s"}
+			if m, s := secs/60, secs%60; m > 0 && s == 0 {
+				forms = append(forms, fmt.Sprintf("%dm", m))
+			} else if m > 0 {
+				forms = append(forms, fmt.Sprintf("%dm%ds", m, s))
+			}
+			for _, v := range forms {
+				_, cerr := config.LoadFrom(context.Background(), envconfig.MapLookuper(map[string]string{
+					"HCLOUD_TOKEN": "t", env: v}), nil)
+				perr := allowed(obj(params[param]), v)
+				if (cerr == nil) != (perr == nil) {
+					t.Errorf("%s=%s: configuration error %v, pattern error %v", param, v, cerr, perr)
+				}
+			}
+		}
+	}
+}

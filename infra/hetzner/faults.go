@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -83,6 +84,10 @@ type Faults struct {
 	// servers locked meanwhile.
 	SlowImages   int
 	SlowImageFor time.Duration
+	// Refuse answers every request matching a "METHOD /v1/path" pattern
+	// (path.Match syntax, e.g. "PUT /v1/ssh_keys/*") with the fault, before
+	// it touches any state: an outage of one endpoint.
+	Refuse map[string]Fault
 	// LockedUpdates answers a label update of a server that has a running
 	// action with 423 locked. Whether Hetzner does is not documented; the
 	// builder copes with both.
@@ -94,6 +99,7 @@ func (f Faults) clone() Faults {
 	f.Unavailable = slices.Clone(f.Unavailable)
 	f.FailActions = maps.Clone(f.FailActions)
 	f.LoseReplies = maps.Clone(f.LoseReplies)
+	f.Refuse = maps.Clone(f.Refuse)
 	return f
 }
 
@@ -171,6 +177,18 @@ func (s *faultState) slowImage() (time.Duration, bool) {
 	}
 	s.faults.SlowImages--
 	return s.faults.SlowImageFor, true
+}
+
+func (s *faultState) refused(method, path string) (Fault, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for pattern, f := range s.faults.Refuse {
+		m, p, _ := strings.Cut(pattern, " ")
+		if m == method && matchPath(p, path) {
+			return f, true
+		}
+	}
+	return Fault{}, false
 }
 
 func (s *faultState) unavailableImage() bool {

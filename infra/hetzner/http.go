@@ -228,6 +228,10 @@ func (c *Cloud) middleware(next http.Handler) http.Handler {
 			writeError(rec, f.err())
 			return
 		}
+		if f, ok := c.faults.refused(r.Method, r.URL.Path); ok {
+			writeError(rec, f.err())
+			return
+		}
 		next.ServeHTTP(rec, r)
 	})
 }

@@ -243,3 +243,32 @@ func newRequestID() string {
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
+
+// Redeliver runs an Event invocation of fn again, with its request ID and
+// payload, as Lambda may: "it's possible for it to receive the same event
+// from Lambda multiple times because the queue itself is eventually
+// consistent" (AWS Lambda docs, error handling for asynchronous
+// invocation).
+func (e *Emulator) Redeliver(fn, requestID string) error {
+	f := e.funcs[fn]
+	if f == nil {
+		return fmt.Errorf("redeliver: no function %s", fn)
+	}
+	var payload []byte
+	e.mu.Lock()
+	i := slices.IndexFunc(e.records, func(r Invocation) bool {
+		return r.Function == fn && r.RequestID == requestID && r.Type == Event
+	})
+	if i >= 0 {
+		payload = e.records[i].Payload
+	}
+	e.mu.Unlock()
+	if i < 0 {
+		return fmt.Errorf("redeliver: no event invocation %s of %s", requestID, fn)
+	}
+	if !e.begin() {
+		return errClosed
+	}
+	go e.runEvent(f, requestID, payload)
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,7 +165,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 	fc := newFakeCloud()
 	remote := &fakeRemote{table: talosTable}
 	b := testBuilder(fc, remote, nil, Options{})
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID == 0 || res.ServerType != "cx23" || res.Location != "fsn1" {
 		t.Fatalf("result = %+v", res)
 	}
@@ -186,7 +187,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 	}
 
 	fc.calls = nil
-	res = b.Build(context.Background(), target, false)
+	res = b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != img.ID {
 		t.Fatalf("second build = %+v", res)
 	}
@@ -274,7 +275,7 @@ func TestResume(t *testing.T) {
 				}
 			}
 			fc.calls = nil
-			res := b.Build(context.Background(), target, false)
+			res := b.Build(context.Background(), target, Request{})
 			if res.State != tt.state {
 				t.Errorf("state = %s (%s), want %s", res.State, res.Error, tt.state)
 			}
@@ -291,26 +292,57 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// TestLease: a request meeting another invocation's lease waits for it. A
+// live holder renews it: in progress, nothing done. A dead one lets it
+// expire: taken over and built. One expiring beyond this invocation's time:
+// a retry (a function error), never a silent in_progress.
 func TestLease(t *testing.T) {
 	tests := []struct {
-		name  string
-		until time.Duration
-		state State
+		name    string
+		until   time.Duration // the lease's expiry from now
+		renewed bool          // its holder renews it
+		budget  time.Duration // the invocation's time; 0: none
+		state   State
+		retry   bool
 	}{
-		{"held by a live invocation", time.Minute, InProgress},
-		{"expired", -time.Second, Done},
+		{name: "held by a live invocation", until: 2 * time.Second, renewed: true, state: InProgress},
+		{name: "held by a dead invocation", until: time.Second, state: Done},
+		{name: "expired", until: -time.Second, state: Done},
+		{name: "expires too late to wait", until: time.Minute, budget: 20 * time.Second, state: InProgress, retry: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
 			labels[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
 			labels[labelLeaseOwner] = "other"
-			fc.CreateSSHKey(context.Background(), target.Name(), "ssh-ed25519 AAAA", labels)
-			res := b.Build(context.Background(), target, false)
-			if res.State != tt.state {
-				t.Fatalf("result = %+v", res)
+			key, _ := fc.CreateSSHKey(context.Background(), target.Name(), "ssh-ed25519 AAAA", labels)
+			if tt.renewed {
+				stop := make(chan struct{})
+				defer close(stop)
+				go func() { // the holder's heartbeat
+					for {
+						select {
+						case <-stop:
+							return
+						case <-time.After(300 * time.Millisecond):
+						}
+						l := maps.Clone(labels)
+						l[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
+						fc.SetSSHKeyLabels(context.Background(), key, l)
+					}
+				}()
+			}
+			ctx := context.Background()
+			if tt.budget > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.budget)
+				defer cancel()
+			}
+			res := b.Build(ctx, target, Request{})
+			if res.State != tt.state || res.retry != tt.retry {
+				t.Fatalf("result = %+v, retry %v", res, res.retry)
 			}
 			s, k, _ := fc.counts()
 			if tt.state == InProgress && (s != 0 || k != 1 || slices.Contains(fc.callLog(), "CreateServer")) {
@@ -356,7 +388,7 @@ func TestCapacity(t *testing.T) {
 			if tt.types != nil {
 				o.ServerTypes = map[string][]string{"amd64": tt.types}
 			}
-			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, false)
+			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, Request{})
 			if res.State != tt.state || res.ServerType != tt.typ || res.Location != tt.loc || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
 			}
@@ -377,19 +409,89 @@ func TestCapacity(t *testing.T) {
 func TestContinuesWhenShortOfTime(t *testing.T) {
 	fc := newFakeCloud()
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Hour})
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: 55 * time.Second})
+	// Creating the server takes 10 s of the invocation's minute: the install
+	// no longer fits.
+	var skew atomic.Int64
+	b.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	fc.afterCall = func(name string) {
+		if name == "CreateServer" {
+			skew.Store(int64(10 * time.Second))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res := b.Build(ctx, target, true)
+	res := b.Build(withInvocationStart(ctx, time.Now()), target, Request{Force: true})
 	if res.State != InProgress || res.Step != StepInstall {
 		t.Fatalf("result = %+v", res)
 	}
 	want := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic, Force: true}
-	if len(cont.reqs) != 1 || cont.reqs[0] != want {
-		t.Errorf("continuations = %+v", cont.reqs)
+	if len(cont.reqs) != 1 {
+		t.Fatalf("continuations = %+v", cont.reqs)
+	}
+	got := cont.reqs[0]
+	c := got.Continuation
+	got.Continuation = nil
+	// The server was created: progress, so the next invocation is not idle.
+	if got != want || c == nil || c.Idle != 0 || c.Origin == "" || b.verify(cont.reqs[0]) != nil {
+		t.Errorf("continuation = %+v %+v", got, c)
 	}
 	if s, k, _ := fc.counts(); s != 1 || k != 0 {
 		t.Errorf("%d servers, %d keys; want the server kept and the lease released", s, k)
+	}
+}
+
+// TestFunctionTimeoutTooShort: a function whose whole timeout cannot hold
+// a step fails, naming both, instead of handing over forever; before the
+// server exists, it creates nothing.
+func TestFunctionTimeoutTooShort(t *testing.T) {
+	fc := newFakeCloud()
+	cont := &recordingContinuer{}
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+	defer cancel()
+	res := b.Build(withInvocationStart(ctx, time.Now()), target, Request{})
+	if res.State != Failed || !strings.Contains(res.Error, "this invocation had 25s in all (the function's timeout), but step install needs 1m0s (INSTALL_TIMEOUT)") {
+		t.Fatalf("result = %+v", res)
+	}
+	if m := mutating(fc.callLog()); len(m) != 0 || len(cont.reqs) != 0 {
+		t.Errorf("mutating calls %v, continuations %v", m, cont.reqs)
+	}
+}
+
+// TestIdleHopsAreBounded: invocations that hand over without progress are
+// counted in the signed continuation, and the build fails after a few.
+func TestIdleHopsAreBounded(t *testing.T) {
+	fc := newFakeCloud()
+	cont := &recordingContinuer{}
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
+	labels := target.targetLabels("")
+	labels[labelRole], labels[labelStep] = roleBuildServer, "install"
+	fc.CreateServer(context.Background(), cloudOpts(labels))
+	req := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic}
+	var res Result
+	for hop := 1; hop <= maxIdleHops+1; hop++ {
+		// Each invocation starts with its whole 11 s, but something (a slow
+		// start) leaves it less than the install needs.
+		start := time.Now().Add(-2 * time.Second)
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(11*time.Second))
+		res = b.Build(withInvocationStart(ctx, start), target, req)
+		cancel()
+		if hop <= maxIdleHops {
+			if res.State != InProgress || len(cont.reqs) != hop || cont.reqs[hop-1].Continuation.Idle != hop {
+				t.Fatalf("hop %d: result %+v, continuations %+v", hop, res, cont.reqs)
+			}
+			req = cont.reqs[hop-1]
+		}
+	}
+	if res.State != Failed || !strings.Contains(res.Error, "invocations in a row handed step install over without progress") {
+		t.Fatalf("result = %+v", res)
+	}
+	// A payload cannot reset the count: a forged or altered continuation is refused.
+	forged := req
+	forged.Continuation = &Continuation{Origin: req.Continuation.Origin, Idle: 0, MAC: req.Continuation.MAC}
+	if _, err := b.Handle(context.Background(), forged); err == nil || !strings.Contains(err.Error(), "not signed") {
+		t.Errorf("forged continuation: %v", err)
 	}
 }
 
@@ -398,12 +500,12 @@ func TestWaitHandsOver(t *testing.T) {
 	fc.snapshotsReadyAfter = 1 << 30
 	cont := &recordingContinuer{}
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != InProgress || res.Step != StepWait || len(cont.reqs) != 1 {
 		t.Fatalf("result = %+v, continuations %d", res, len(cont.reqs))
 	}
 	fc.snapshotsReadyAfter = 0
-	if res = b.Build(context.Background(), target, false); res.State != Done {
+	if res = b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("after the snapshot is ready: %+v", res)
 	}
 	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
@@ -425,7 +527,7 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
-			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, false)
+			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
 			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
 			}
@@ -439,9 +541,9 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotWait: 20 * time.Millisecond})
-	first := b.Build(context.Background(), target, false)
+	first := b.Build(context.Background(), target, Request{})
 	fc.snapshotsReadyAfter = 1 << 30
-	res := b.Build(context.Background(), target, true)
+	res := b.Build(context.Background(), target, Request{Force: true})
 	if res.State != InProgress {
 		t.Fatalf("forced build = %+v", res)
 	}
@@ -449,7 +551,7 @@ func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 		t.Fatal("the old snapshot was deleted before the new one is available")
 	}
 	fc.snapshotsReadyAfter = 0
-	res = b.Build(context.Background(), target, true)
+	res = b.Build(context.Background(), target, Request{Force: true})
 	if res.State != Done || res.SnapshotID == first.SnapshotID {
 		t.Fatalf("forced build = %+v", res)
 	}
@@ -463,7 +565,7 @@ func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
-	first := b.Build(context.Background(), target, false)
+	first := b.Build(context.Background(), target, Request{})
 	labels := target.targetLabels("")
 	labels[labelRole], labels[labelStep] = roleBuildServer, "cleanup"
 	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
@@ -474,7 +576,7 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 		}
 	}
 	fc.calls = nil
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != first.SnapshotID {
 		t.Fatalf("result = %+v", res)
 	}
@@ -501,7 +603,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	fc.failOn["DeleteImage"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "image is locked"}
 	fc.failOn["DeleteServer"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "server is locked"}
 
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Failed || !strings.Contains(res.Error, "failed: timeout") {
 		t.Fatalf("result = %+v", res)
 	}
@@ -519,11 +621,35 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	delete(fc.failOn, "DeleteImage")
 	delete(fc.failOn, "DeleteServer")
 	fc.snapshotsReadyAfter = 0
-	res = b.Build(context.Background(), target, false)
+	res = b.Build(context.Background(), target, Request{})
 	if res.State != Done || fc.images[img.ID] != nil {
 		t.Fatalf("result = %+v; failed snapshot still there: %v", res, fc.images[img.ID] != nil)
 	}
 	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images; want 0, 0, 1", s, k, i)
+	}
+}
+
+// TestSnapshotMadeWhileTakingTheLease: no server at the first look, but a
+// duplicate of the request finished the build before this invocation got
+// the lease: the check after taking it finds the snapshot; nothing is built.
+func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
+	fc := newFakeCloud()
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	lookups := 0
+	var made int64
+	fc.beforeServerByName = func() {
+		if lookups++; lookups == 2 {
+			made = fc.id()
+			fc.images[made] = &hcloud.Image{ID: made, Type: hcloud.ImageTypeSnapshot, Status: hcloud.ImageStatusAvailable,
+				Labels: target.snapshotLabels("", nil, 1), Created: time.Now()}
+		}
+	}
+	res := b.Build(context.Background(), target, Request{})
+	if res.State != Done || res.SnapshotID != made {
+		t.Fatalf("result = %+v, want done with snapshot %d", res, made)
+	}
+	if m := mutating(fc.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
+		t.Errorf("calls %v", m)
 	}
 }

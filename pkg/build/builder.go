@@ -82,6 +82,10 @@ type Options struct {
 	// LeaseTTL is how long a lease outlives its last renewal, so that a
 	// crashed invocation blocks others only briefly; default 90s.
 	LeaseTTL time.Duration
+	// SigningKey signs the continuations the Builder starts (SigningKey
+	// derives it from the Hetzner token); without one, no continuation is
+	// accepted.
+	SigningKey []byte
 }
 
 func (o *Options) setDefaults() {

@@ -42,6 +42,8 @@ type fakeCloud struct {
 	// beforeServerByName runs (locked) before each lookup: another
 	// invocation's doing.
 	beforeServerByName func()
+	// afterCall runs (locked) after each call is recorded.
+	afterCall func(name string)
 }
 
 func newFakeCloud() *fakeCloud {
@@ -88,6 +90,9 @@ func (f *fakeCloud) ServerTypes(context.Context) ([]*hcloud.ServerType, error) {
 
 func (f *fakeCloud) call(name string) error {
 	f.calls = append(f.calls, name)
+	if f.afterCall != nil {
+		f.afterCall(name)
+	}
 	return f.failOn[name]
 }
 
@@ -421,6 +426,9 @@ func testBuilder(fc *fakeCloud, remote *fakeRemote, cont Continuer, o Options) *
 	}
 	if o.Locations == nil {
 		o.Locations = []string{"fsn1", "nbg1"}
+	}
+	if o.SigningKey == nil {
+		o.SigningKey = SigningKey("test-token")
 	}
 	b := New(Deps{
 		Cloud:   fc,

@@ -20,9 +20,12 @@ type Request struct {
 	Version   string `json:"version"`
 	Arch      string `json:"arch,omitempty"`
 	Schematic string `json:"schematic,omitempty"`
-	// Force rebuilds even when a snapshot exists; the old one is deleted
-	// only once the new one is available.
+	// Force rebuilds even when a snapshot exists: it replaces the snapshots
+	// of the target there are when the build starts, once the new one is
+	// available.
 	Force bool `json:"force,omitempty"`
+	// Continuation is set by the Builder on the invocations it starts itself.
+	Continuation *Continuation `json:"continuation,omitempty"`
 }
 
 // MaxRequestBytes bounds a payload; a real one is about 150 bytes.
@@ -106,6 +109,11 @@ type Result struct {
 	Location   string `json:"location,omitempty"`
 	ServerType string `json:"server_type,omitempty"`
 	Error      string `json:"error,omitempty"`
+
+	// next is the continuation a build in progress goes on with; retry
+	// marks one that nothing carries on unless the request is run again.
+	next  *Continuation
+	retry bool
 }
 
 // Response is what the Builder returns.
@@ -129,15 +137,36 @@ func (e *FailedError) Error() string {
 	return "build failed: " + strings.Join(msgs, "; ")
 }
 
+// RetryError is returned when a target's build stopped without failing and
+// nothing carries it on (a lease whose holder may have died, a lost lease,
+// a failed continuation): Lambda reports it as a function error and runs
+// the request again later.
+type RetryError struct {
+	Results []Result
+}
+
+func (e *RetryError) Error() string {
+	var msgs []string
+	for _, r := range e.Results {
+		if r.retry {
+			msgs = append(msgs, fmt.Sprintf("%s: %s", r.Target, r.Error))
+		}
+	}
+	return "build to be retried: " + strings.Join(msgs, "; ")
+}
+
 // Handle builds every target of the request side by side, each as far as
 // this invocation can. It returns *FailedError (with the response) when any
-// target failed.
+// target failed, else *RetryError when any is to be retried.
 func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
-	return b.each(ctx, r, b.Build)
+	if err := b.verify(r); err != nil {
+		return Response{}, err
+	}
+	return b.each(withInvocationStart(ctx, b.now()), r, b.Build)
 }
 
 // each runs build for every target of the request concurrently.
-func (b *Builder) each(ctx context.Context, r Request, build func(context.Context, Target, bool) Result) (Response, error) {
+func (b *Builder) each(ctx context.Context, r Request, build func(context.Context, Target, Request) Result) (Response, error) {
 	targets, err := b.Targets(r)
 	if err != nil {
 		return Response{}, err
@@ -145,14 +174,15 @@ func (b *Builder) each(ctx context.Context, r Request, build func(context.Contex
 	results := make([]Result, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		wg.Go(func() { results[i] = build(ctx, t, r.Force) })
+		wg.Go(func() { results[i] = build(ctx, t, r) })
 	}
 	wg.Wait()
 	resp := Response{Results: results}
-	for _, res := range results {
-		if res.State == Failed {
-			return resp, &FailedError{Results: results}
-		}
+	switch {
+	case slices.ContainsFunc(results, func(res Result) bool { return res.State == Failed }):
+		return resp, &FailedError{Results: results}
+	case slices.ContainsFunc(results, func(res Result) bool { return res.retry }):
+		return resp, &RetryError{Results: results}
 	}
 	return resp, nil
 }

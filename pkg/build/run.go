@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -41,26 +42,48 @@ type run struct {
 	b     *Builder
 	t     Target
 	force bool
-	log   *slog.Logger
-	res   Result
-	srv   *hcloud.Server
-	lease *lease
-	image *talos.Image
+	// origin names the request the build started from; idle counts the
+	// invocations before this one that handed over without progress.
+	origin string
+	idle   int
+	// replaces are the snapshots a forced build replaces: those available
+	// when it started, recorded in the build server's labels.
+	replaces []int64
+	log      *slog.Logger
+	res      Result
+	srv      *hcloud.Server
+	lease    *lease
+	image    *talos.Image
+	// started is when the invocation began; progressed tells whether this
+	// invocation finished a step (or watched a snapshot being created).
+	started    time.Time
+	progressed bool
 	// installed: this invocation wrote the disk, so no snapshot of the
 	// server can exist yet.
 	installed bool
 }
 
 // Build drives one target as far as this invocation can.
-func (b *Builder) Build(ctx context.Context, t Target, force bool) Result {
-	r := &run{b: b, t: t, force: force, log: b.log.With("target", t.String()),
-		res: Result{Target: t, Server: t.Name()}}
+func (b *Builder) Build(ctx context.Context, t Target, req Request) Result {
+	r := &run{b: b, t: t, force: req.Force, log: b.log.With("target", t.String()),
+		res: Result{Target: t, Server: t.Name()}, started: invocationStart(ctx, b.now())}
+	if c := req.Continuation; c != nil {
+		r.origin, r.idle = c.Origin, c.Idle
+	} else {
+		r.origin = b.owner(ctx)
+	}
 	return r.build(ctx)
 }
 
 func (r *run) build(ctx context.Context) Result {
 	b := r.b
 	log := r.log.With("step", StepCheck)
+	// A function whose whole time cannot hold the longest step never
+	// finishes a build: fail before anything is created (and before every
+	// invocation hands over to the next, forever).
+	if whole := r.whole(ctx); whole < b.opts.InstallTimeout {
+		return r.failed(ctx, StepCheck, errTooShort(whole, StepInstall, b.opts.InstallTimeout))
+	}
 	srv, err := b.cloud.ServerByName(ctx, r.t.Name())
 	if err != nil {
 		return r.failed(ctx, StepCheck, err)
@@ -78,42 +101,58 @@ func (r *run) build(ctx context.Context) Result {
 			return r.failed(ctx, StepCheck, err)
 		}
 	}
-	r.lease, err = r.acquire(ctx)
-	if errors.Is(err, errLeaseHeld) {
+	var held *leaseHeldError
+	r.lease, ctx, err = r.acquire(ctx)
+	if errors.As(err, &held) {
+		r.lease, ctx, err = r.awaitLease(ctx, held, stepOf(srv))
+	}
+	switch {
+	case errors.Is(err, errLeaseHeld):
+		r.log.InfoContext(ctx, "another invocation is building this target")
 		r.res.State, r.res.Step = InProgress, stepOf(srv)
 		return r.res
-	}
-	if err != nil {
-		return r.failed(ctx, StepCheck, err)
+	case err != nil:
+		return r.retryLater(ctx, stepOf(srv), err)
 	}
 	defer r.lease.release(ctx)
-	if srv != nil {
-		// Another invocation may have moved on before we took the lease,
-		// or even finished the build.
-		if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
-			return r.failed(ctx, StepCheck, err)
+	// Another invocation may have moved on before we took the lease, or
+	// even finished the build (or a duplicate of this request did).
+	if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
+		return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
+	}
+	if srv == nil {
+		exists, err := r.existing(ctx, log)
+		if err != nil {
+			return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 		}
-		if srv == nil {
-			exists, err := r.existing(ctx, log)
-			if err != nil {
-				return r.failed(ctx, StepCheck, err)
-			}
-			if exists {
-				return r.res
-			}
+		if exists {
+			return r.res
 		}
+	} else {
+		r.force = r.force || srv.Labels[labelForce] == "true"
+		r.replaces = parseIDs(srv.Labels[labelReplaces])
 	}
 	r.setServer(srv)
 
 	locked := 0
 	for step := stepOf(r.srv); step != ""; {
 		if !r.haveTime(ctx, step) {
+			if whole := r.whole(ctx); !r.progressed && whole < r.need(step) {
+				return r.abort(ctx, step, errTooShort(whole, step, r.need(step)))
+			}
 			return r.continueLater(ctx, step)
+		}
+		// Act only while the lease is ours.
+		if err := r.lease.verify(ctx); err != nil {
+			return r.retryLater(ctx, step, err)
 		}
 		log := r.log.With("step", step)
 		log.InfoContext(ctx, "step started")
 		start := b.now()
 		next, err := r.runStep(ctx, step, log)
+		if errors.Is(context.Cause(ctx), errLeaseLost) {
+			return r.retryLater(ctx, step, context.Cause(ctx))
+		}
 		if cloud.IsLocked(err) && locked < maxLockedRetries {
 			// An action still runs on the server (a snapshot being taken,
 			// say): nothing was changed, so the step is run again later,
@@ -132,6 +171,7 @@ func (r *run) build(ctx context.Context) Result {
 			return r.abort(ctx, step, err)
 		}
 		log.InfoContext(ctx, "step finished", "seconds", b.now().Sub(start).Seconds(), "next", next)
+		r.progressed = true
 		step = next
 	}
 	r.res.State, r.res.Step = Done, ""
@@ -210,8 +250,27 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 		return false, err
 	}
 	newest := newestAvailable(snaps)
-	if newest == nil || r.force {
+	if newest == nil {
 		return false, nil
+	}
+	if r.force {
+		// A forced build replaces the snapshots there are now, unless
+		// they were made for this very request (a re-delivery).
+		i := slices.IndexFunc(snaps, func(img *hcloud.Image) bool {
+			return img.Status == hcloud.ImageStatusAvailable && img.Labels[labelRequest] == r.origin
+		})
+		if i < 0 {
+			r.replaces = r.replaces[:0]
+			for _, img := range snaps {
+				if img.Status == hcloud.ImageStatusAvailable && img.Labels[label.Managed] == label.ManagedValue {
+					r.replaces = append(r.replaces, img.ID)
+				}
+			}
+			return false, nil
+		}
+		log.InfoContext(ctx, "the forced build of this request is done", "snapshot_id", snaps[i].ID)
+		r.res.SnapshotID, r.res.State = snaps[i].ID, Done
+		return true, nil
 	}
 	if err := r.deleteOthers(ctx, snaps, newest, log); err != nil {
 		return false, err
@@ -287,29 +346,71 @@ func (r *run) need(step Step) time.Duration {
 	return r.b.opts.StepTimeout
 }
 
+func errTooShort(whole time.Duration, step Step, need time.Duration) error {
+	budget := "STEP_TIMEOUT"
+	if step == StepInstall {
+		budget = "INSTALL_TIMEOUT"
+	}
+	return fmt.Errorf("this invocation had %s in all (the function's timeout), but step %s needs %s (%s): "+
+		"raise the function's timeout or lower %s", whole.Round(time.Second), step, need, budget, budget)
+}
+
 func (r *run) haveTime(ctx context.Context, step Step) bool {
 	deadline, ok := ctx.Deadline()
 	return !ok || deadline.Sub(r.b.now()) >= r.need(step)
 }
 
-// continueLater frees the lease and has a new invocation go on. Without a
-// Continuer (outside Lambda) the caller loops on in_progress.
+// whole is all the time this invocation had: its deadline less its start.
+func (r *run) whole(ctx context.Context) time.Duration {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return time.Duration(math.MaxInt64)
+	}
+	return deadline.Sub(r.started)
+}
+
+// maxIdleHops is how many invocations in a row may hand over without
+// progress before the build fails: each costs a Lambda invocation and a
+// dozen API requests of the project's 3600 an hour.
+const maxIdleHops = 3
+
+// continueLater frees the lease and has a new invocation go on, with the
+// count of invocations in a row that made no progress. Without a Continuer
+// (outside Lambda) the caller loops on in_progress.
 func (r *run) continueLater(ctx context.Context, step Step) Result {
+	idle := 0
+	if !r.progressed {
+		idle = r.idle + 1
+	}
+	if idle > maxIdleHops {
+		return r.failed(ctx, step, fmt.Errorf("%d invocations in a row handed step %s over without progress; giving up", idle, step))
+	}
 	r.lease.release(ctx)
 	r.res.State, r.res.Step = InProgress, step
+	r.res.next = &Continuation{Origin: r.origin, Idle: idle}
 	log := r.log.With("step", step)
 	if r.b.cont == nil {
 		return r.res
 	}
-	req := Request{Version: r.t.Version, Arch: r.t.Arch, Schematic: r.t.Schematic, Force: r.force}
+	req := Request{Version: r.t.Version, Arch: r.t.Arch, Schematic: r.t.Schematic, Force: r.force, Continuation: r.res.next}
+	r.b.sign(&req)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := r.b.cont.Continue(cctx, req); err != nil {
-		// The Poller re-drives a build whose server has no live lease.
-		log.ErrorContext(ctx, "continue in a new invocation", "error", err)
-		return r.res
+		// Lambda retries a function error; the Poller re-drives a build
+		// whose server has no live lease.
+		return r.retryLater(ctx, step, fmt.Errorf("continue in a new invocation: %w", err))
 	}
-	log.InfoContext(ctx, "continuing in a new invocation")
+	log.InfoContext(ctx, "continuing in a new invocation", "idle", idle)
+	return r.res
+}
+
+// retryLater ends the invocation with a build that is neither done nor
+// failed and that nothing else carries on: a function error, so that
+// Lambda runs the request again later.
+func (r *run) retryLater(ctx context.Context, step Step, err error) Result {
+	r.log.WarnContext(ctx, "build stopped, to be retried", "step", step, "error", err)
+	r.res.State, r.res.Step, r.res.Error, r.res.retry = InProgress, step, err.Error(), true
 	return r.res
 }
 
@@ -320,12 +421,17 @@ func (r *run) failed(ctx context.Context, step Step, err error) Result {
 }
 
 // abort fails the build and deletes its server: a failed build leaves
-// nothing behind, and the next request starts afresh.
+// nothing behind, and the next request starts afresh. It deletes only while
+// the lease is ours.
 func (r *run) abort(ctx context.Context, step Step, err error) Result {
 	res := r.failed(ctx, step, err)
 	if r.srv != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.b.opts.StepTimeout)
 		defer cancel()
+		if lerr := r.lease.verify(cctx); lerr != nil {
+			r.log.ErrorContext(ctx, "not deleting the server of a failed build: the lease is not ours", "step", step, "error", lerr)
+			return res
+		}
 		if derr := r.b.cloud.DeleteServer(cctx, r.srv); derr != nil {
 			r.log.ErrorContext(ctx, "delete server of failed build", "step", step, "error", derr)
 		} else {
@@ -358,6 +464,9 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 	labels[labelStep] = string(StepInstall)
 	if r.force {
 		labels[labelForce] = "true"
+	}
+	if len(r.replaces) > 0 {
+		labels[labelReplaces] = formatIDs(r.replaces)
 	}
 	now := b.now()
 	tried := false
@@ -417,6 +526,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err := b.cloud.EnableRescue(ctx, r.srv, r.lease.hkey); err != nil {
 		return "", err
 	}
+	log.InfoContext(ctx, "rescue enabled")
 	if err := b.cloud.Boot(ctx, r.srv); err != nil {
 		return "", err
 	}
@@ -482,6 +592,9 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
+	if label.Check(labelRequest, r.origin) == nil {
+		labels[labelRequest] = r.origin // a re-delivered forced request finds its build done
+	}
 	img, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
 	if err != nil {
 		// The create may have gone through with its reply lost, and our
@@ -666,17 +779,58 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	log.InfoContext(ctx, "server deleted")
-	if r.force || r.srv.Labels[labelForce] == "true" {
-		snaps, err := b.cloud.Snapshots(ctx, r.t.snapshotSelector(b.opts.Cluster))
-		if err != nil {
-			return "", err
-		}
-		i := slices.IndexFunc(snaps, func(img *hcloud.Image) bool { return img.ID == r.res.SnapshotID })
-		if i >= 0 {
-			if err := r.deleteOthers(ctx, snaps, snaps[i], log); err != nil {
-				return "", err
-			}
-		}
+	if len(r.replaces) > 0 {
+		return "", r.deleteReplaced(ctx, log)
 	}
 	return "", nil
+}
+
+// deleteReplaced deletes the snapshots a forced build replaces, never the
+// newest available one of the target: two builds that replace the same
+// snapshots agree on what survives.
+func (r *run) deleteReplaced(ctx context.Context, log *slog.Logger) error {
+	snaps, err := r.b.cloud.Snapshots(ctx, r.t.snapshotSelector(r.b.opts.Cluster))
+	if err != nil {
+		return err
+	}
+	newest := newestAvailable(snaps)
+	for _, img := range snaps {
+		if !slices.Contains(r.replaces, img.ID) || img == newest || img.Labels[label.Managed] != label.ManagedValue {
+			continue
+		}
+		log.InfoContext(ctx, "deleting replaced snapshot", "snapshot_id", img.ID, "kept", newest.ID)
+		if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseIDs reads ids joined by "_" (a label value holds no commas).
+func parseIDs(s string) []int64 {
+	var ids []int64
+	for f := range strings.SplitSeq(s, "_") {
+		if id, err := strconv.ParseInt(f, 10, 64); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// formatIDs joins the ids that fit a label value, newest (highest) first.
+func formatIDs(ids []int64) string {
+	sorted := slices.Sorted(slices.Values(ids))
+	slices.Reverse(sorted)
+	var out string
+	for _, id := range sorted {
+		f := strconv.FormatInt(id, 10)
+		if out != "" {
+			f = "_" + f
+		}
+		if len(out)+len(f) > 63 {
+			break
+		}
+		out += f
+	}
+	return out
 }

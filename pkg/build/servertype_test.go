@@ -92,7 +92,7 @@ func TestSold(t *testing.T) {
 func TestNoUsableTypeCreatesNoServer(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"arm64": {"cax21"}}})
-	res := b.Build(context.Background(), Target{Version: "v1.13.9", Arch: "arm64", Schematic: target.Schematic}, false)
+	res := b.Build(context.Background(), Target{Version: "v1.13.9", Arch: "arm64", Schematic: target.Schematic}, Request{})
 	if res.State != Failed || res.Step != StepServer || !strings.Contains(res.Error, "cax21: 80 GB disk") {
 		t.Errorf("result = %+v", res)
 	}
@@ -111,7 +111,7 @@ func TestServerLimitIsAClearFailure(t *testing.T) {
 	fc.failOn["CreateServer"] = hcloud.Error{Code: hcloud.ErrorCodeResourceLimitExceeded, Message: "server limit exceeded"}
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"amd64": {"cx23", "cpx11"}},
 		Locations: []string{"fsn1", "nbg1", "ash"}})
-	res := b.Build(context.Background(), target, false)
+	res := b.Build(context.Background(), target, Request{})
 	if res.State != Failed || !strings.HasPrefix(res.Error, "the project's server limit is reached") ||
 		!strings.Contains(res.Error, "server limit exceeded") {
 		t.Errorf("result = %+v", res)
@@ -129,7 +129,7 @@ func TestServerLimitIsAClearFailure(t *testing.T) {
 func TestServerIsCreatedWithTheLeaseKey(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerImage: "ubuntu-24.04"})
-	if res := b.Build(context.Background(), target, false); res.State != Done {
+	if res := b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("result = %+v", res)
 	}
 	if len(fc.creates) != 1 {

@@ -60,10 +60,12 @@ const (
 	labelRole             = label.OwnPrefix + "role"           // build-server | lease
 	labelSchematicRest    = label.OwnPrefix + "schematic-rest" // last 32 hex: a label value holds 63 chars
 	labelStep             = label.OwnPrefix + "step"
-	labelSnapshotAttempts = label.OwnPrefix + "snapshot-attempts" // create_image calls on this server
+	labelSnapshotAttempts = label.OwnPrefix + "snapshot-attempts" // snapshots of this server retaken after one vanished
 	labelFailed           = label.OwnPrefix + "failed"            // on a snapshot that failed but could not be deleted
 	labelBuild            = label.OwnPrefix + "build"             // on a snapshot: id of the server it came from
 	labelForce            = label.OwnPrefix + "force"             // the build replaces an existing snapshot
+	labelReplaces         = label.OwnPrefix + "replaces"          // on a forced build's server: ids it replaces, "_"-joined
+	labelRequest          = label.OwnPrefix + "request"           // on a snapshot: the request it was built for
 	labelLeaseOwner       = label.OwnPrefix + "owner"             // on the lease key
 	labelLeaseUntil       = label.OwnPrefix + "until"             // unix seconds
 	roleBuildServer       = "build-server"

@@ -23,6 +23,7 @@ func OptionsFrom(c config.Config, schematics []string) Options {
 		Labels:        c.SnapshotLabels,
 		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,
 		SnapshotWait: c.SnapshotWait, SnapshotTimeout: c.SnapshotTimeout, LeaseTTL: c.LeaseTTL,
+		SigningKey: SigningKey(c.HCloudToken),
 	}
 }
 
@@ -55,6 +56,9 @@ func (b *Builder) HandlePayload(ctx context.Context, payload json.RawMessage) (R
 // RunUntilDone handles the request in this process and follows its
 // continuations until no target is in progress: the builder without AWS.
 func (b *Builder) RunUntilDone(ctx context.Context, r Request) (Response, error) {
+	if err := b.verify(r); err != nil {
+		return Response{}, err
+	}
 	resp, err := b.each(ctx, r, b.buildUntilDone)
 	if err == nil && ctx.Err() != nil {
 		return resp, ctx.Err()
@@ -62,11 +66,14 @@ func (b *Builder) RunUntilDone(ctx context.Context, r Request) (Response, error)
 	return resp, err
 }
 
-func (b *Builder) buildUntilDone(ctx context.Context, t Target, force bool) Result {
+func (b *Builder) buildUntilDone(ctx context.Context, t Target, req Request) Result {
 	for {
-		res := b.Build(ctx, t, force)
+		res := b.Build(withInvocationStart(ctx, b.now()), t, req)
 		if res.State != InProgress {
 			return res
+		}
+		if res.next != nil {
+			req.Continuation = res.next
 		}
 		// Another holder of the lease, or a snapshot still being created.
 		select {

@@ -90,6 +90,15 @@ type Config struct {
 	LeaseTTL        time.Duration `env:"LEASE_TTL, default=90s"`
 }
 
+// Step budgets, so that every step fits one Builder invocation: Lambda's
+// maximum timeout (15m, which the template sets) less a minute.
+const (
+	StepBudget        = 14 * time.Minute
+	MaxStepTimeout    = 5 * time.Minute
+	MaxInstallTimeout = 12 * time.Minute
+	MaxSnapshotWait   = 12 * time.Minute
+)
+
 // SecretReader reads a secret by reference; *secret.Reader.
 type SecretReader interface {
 	Read(ctx context.Context, ref string) (string, error)
@@ -271,17 +280,29 @@ func (c Config) Validate() error {
 	if c.BuildServerTTL < 30*time.Minute {
 		add("BUILD_SERVER_TTL: %s; at least 30m (a build takes up to ~20 minutes)", c.BuildServerTTL)
 	}
+	// Every step must fit one Builder invocation (the template gives it
+	// Lambda's maximum, 15m) after the checks that start it, with a
+	// minute to spare; otherwise every invocation would hand over at once.
 	for _, d := range []struct {
-		name         string
-		value, least time.Duration
+		name               string
+		value, least, most time.Duration
 	}{
-		{"STEP_TIMEOUT", c.StepTimeout, time.Second},
-		{"INSTALL_TIMEOUT", c.InstallTimeout, time.Second},
-		{"SNAPSHOT_WAIT", c.SnapshotWait, time.Second},
-		{"LEASE_TTL", c.LeaseTTL, 3 * time.Second},
+		{"STEP_TIMEOUT", c.StepTimeout, time.Second, MaxStepTimeout},
+		{"INSTALL_TIMEOUT", c.InstallTimeout, time.Second, MaxInstallTimeout},
+		{"SNAPSHOT_WAIT", c.SnapshotWait, time.Second, MaxSnapshotWait},
+		{"LEASE_TTL", c.LeaseTTL, 3 * time.Second, 15 * time.Minute},
 	} {
-		if d.value < d.least || d.value > 15*time.Minute {
-			add("%s: %s; between %s and 15m", d.name, d.value, d.least)
+		if d.value < d.least || d.value > d.most {
+			add("%s: %s; between %s and %s", d.name, d.value, short(d.least), short(d.most))
+		}
+	}
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"INSTALL_TIMEOUT", c.InstallTimeout}, {"SNAPSHOT_WAIT", c.SnapshotWait}} {
+		if d.value <= MaxInstallTimeout && c.StepTimeout <= MaxStepTimeout && d.value+c.StepTimeout > StepBudget {
+			add("%s: %s plus STEP_TIMEOUT %s is more than %s: a step must fit one Builder invocation (at most 15m) with a minute to spare",
+				d.name, short(d.value), short(c.StepTimeout), short(StepBudget))
 		}
 	}
 	if c.SnapshotTimeout < 10*time.Second || (c.BuildServerTTL >= 30*time.Minute && c.SnapshotTimeout >= c.BuildServerTTL) {
@@ -333,4 +354,16 @@ func checkURL(s string) string {
 		return "must not carry credentials"
 	}
 	return ""
+}
+
+// short formats d without zero units: 5m, not 5m0s.
+func short(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }

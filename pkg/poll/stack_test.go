@@ -391,19 +391,22 @@ func TestUnservedVersionIsDeferred(t *testing.T) {
 
 // breakBuild leaves a build server behind as a build does whose invocation
 // chain broke: the invocation runs out of time after creating the server
-// and cannot hand over.
+// (which takes slowCreate) and cannot hand over.
 func (w *world) breakBuild(t build.Target) {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second) // < INSTALL_TIMEOUT
+	ctx, cancel := context.WithTimeout(context.Background(), 21*time.Second) // INSTALL_TIMEOUT (20s) and less than slowCreate
 	defer cancel()
-	if res := w.builder.Build(ctx, t, false); res.State != build.InProgress || res.Step != build.StepInstall {
+	if res := w.builder.Build(ctx, t, build.Request{}); res.State != build.InProgress || res.Step != build.StepInstall {
 		w.t.Fatalf("broken build: %+v, want in_progress at install", res)
 	}
 }
 
+// slowCreate makes creating a server take 1.5 s.
+var slowCreate = map[string]time.Duration{"create_server": 1500 * time.Millisecond}
+
 func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{}, nil)
+	w := newWorld(t, stack.Options{ActionDurations: slowCreate}, nil)
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
 	w.breakBuild(stuck)
 
@@ -435,7 +438,7 @@ func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 
 func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{}, nil)
+	w := newWorld(t, stack.Options{ActionDurations: slowCreate}, nil)
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
 	w.breakBuild(stuck)
 	// A lease key a crashed invocation left behind.
