@@ -68,6 +68,12 @@ type Options struct {
 	ServerImage   string              // system image the server is created with; default debian-13
 	SSHPort       int                 // default 22
 
+	// A request may name only the Schematics above and versions from
+	// MinVersion (empty: any) on, prereleases only with Prereleases: what
+	// MIN_VERSION and TRACK_PRERELEASES let the Poller track.
+	MinVersion  string
+	Prereleases bool
+
 	// StepTimeout bounds the short steps and InstallTimeout the install
 	// (rescue boot, SSH patience, write, verify). Before a step the builder
 	// needs that much time left, or it continues in a new invocation.
