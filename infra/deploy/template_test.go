@@ -346,6 +346,12 @@ func TestParameters(t *testing.T) {
 		{"BuildServerTtl", "2 hours", false},
 		{"SchematicIds", strings.Repeat("a", 64), true},
 		{"SchematicIds", "abc", false},
+		// Plain http only reaches loopback hosts, which a deployed
+		// function has none of (pkg/config refuses the rest).
+		{"HCloudEndpoint", "http://api.hetzner.cloud/v1", false},
+		{"TalosFactoryUrl", "http://factory.talos.dev", false},
+		{"GitHubApiUrl", "http://api.github.com/", false},
+		{"GitHubApiUrl", "https://ghe.example.com/api/v3/", true},
 	} {
 		err := allowed(obj(params[tt.param]), tt.value)
 		if (err == nil) != tt.ok {
