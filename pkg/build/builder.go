@@ -159,8 +159,12 @@ func New(d Deps, o Options) *Builder {
 	return b
 }
 
-// DialSSH dials with pkg/ssh: patient while the rescue system boots, host
-// key pinned for the connection's phase.
+// DialSSH dials with pkg/ssh, patient while the rescue system boots. The
+// host key is not checked: nothing tells it, and the install dials once.
+// The write is protected by our per-install key, which only the server
+// Hetzner booted with it accepts, by the check of the written disk against
+// the Talos layout, and by Hetzner taking the snapshot of the server's own
+// disk (pkg/ssh says what each covers).
 func DialSSH(ctx context.Context, addr string, key *ssh.Key, log *slog.Logger) (Remote, error) {
 	return (&ssh.Dialer{Key: key, Addr: addr, Logger: log}).Dial(ctx)
 }
