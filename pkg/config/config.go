@@ -180,21 +180,20 @@ func (c Config) Validate() error {
 	} else if strings.ContainsAny(c.HCloudToken, " \t\r\n") {
 		add("HCLOUD_TOKEN: contains whitespace") // never echo the token itself
 	}
-	// What travels to each endpoint, which plain http would expose to
-	// anyone on the way. The factory gets no token, but the images it
-	// serves become the snapshots clusters boot, and TLS is their only
-	// integrity check on the way: the factory signs images for Enterprise
-	// customers only (FACTS.md, "Talos").
-	githubCarries := ""
+	// What plain http to each endpoint would do. The factory gets no
+	// token, but the images it serves become the snapshots clusters boot,
+	// and TLS is their only integrity check on the way: the factory signs
+	// images for Enterprise customers only (FACTS.md, "Talos").
+	githubRisk := ""
 	if c.GitHubToken != "" {
-		githubCarries = "GITHUB_TOKEN"
+		githubRisk = "send GITHUB_TOKEN in clear text"
 	}
-	for _, u := range []struct{ name, value, carries string }{
-		{"HCLOUD_ENDPOINT", c.HCloudEndpoint, "the Hetzner Cloud token"},
-		{"TALOS_FACTORY_URL", c.FactoryURL, "the disk images the snapshots are made of"},
-		{"GITHUB_API_URL", c.GitHubAPIURL, githubCarries},
+	for _, u := range []struct{ name, value, risk string }{
+		{"HCLOUD_ENDPOINT", c.HCloudEndpoint, "send the Hetzner Cloud token in clear text"},
+		{"TALOS_FACTORY_URL", c.FactoryURL, "let anyone on the way change the disk images the snapshots are made of"},
+		{"GITHUB_API_URL", c.GitHubAPIURL, githubRisk},
 	} {
-		if msg := checkURL(u.value, u.carries); msg != "" {
+		if msg := checkURL(u.value, u.risk); msg != "" {
 			add("%s: %q %s", u.name, redactURL(u.value), msg)
 		}
 	}
@@ -334,9 +333,10 @@ func checkServerType(arch, t string) string {
 	return ""
 }
 
-// checkURL checks a base URL; carries names what it is trusted with, which
-// plain http may carry only to a loopback host (the local world's).
-func checkURL(s, carries string) string {
+// checkURL checks a base URL. risk says what plain http to it would do;
+// with a risk, plain http is accepted only to a loopback host (the local
+// world's).
+func checkURL(s, risk string) string {
 	u, err := url.Parse(s)
 	switch {
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
@@ -345,9 +345,9 @@ func checkURL(s, carries string) string {
 		return "must not carry credentials"
 	case u.RawQuery != "":
 		return "must not carry a query: it is a base URL that paths are appended to"
-	case u.Scheme == "http" && carries != "" && !loopback(u.Hostname()):
-		return fmt.Sprintf("is plain http, which would expose %s to anyone on the way; use https "+
-			"(http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)", carries)
+	case u.Scheme == "http" && risk != "" && !loopback(u.Hostname()):
+		return fmt.Sprintf("is plain http, which would %s; use https "+
+			"(http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)", risk)
 	}
 	return ""
 }

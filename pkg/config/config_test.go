@@ -149,19 +149,19 @@ func TestRejections(t *testing.T) {
 		{"endpoint query", map[string]string{"HCLOUD_ENDPOINT": "https://api.hetzner.cloud/v1?token=abc"},
 			`HCLOUD_ENDPOINT: "https://api.hetzner.cloud/v1?***" must not carry a query: it is a base URL that paths are appended to`},
 		{"endpoint http", map[string]string{"HCLOUD_ENDPOINT": "http://api.hetzner.cloud/v1"},
-			`HCLOUD_ENDPOINT: "http://api.hetzner.cloud/v1" is plain http, which would expose the Hetzner Cloud token to anyone on the way; ` +
+			`HCLOUD_ENDPOINT: "http://api.hetzner.cloud/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
 				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"endpoint http on a private address", map[string]string{"HCLOUD_ENDPOINT": "http://10.0.0.1:8080/v1"},
-			`HCLOUD_ENDPOINT: "http://10.0.0.1:8080/v1" is plain http, which would expose the Hetzner Cloud token to anyone on the way; ` +
+			`HCLOUD_ENDPOINT: "http://10.0.0.1:8080/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
 				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"endpoint http on a name that merely starts like loopback", map[string]string{"HCLOUD_ENDPOINT": "http://127.0.0.1.example.com/v1"},
-			`HCLOUD_ENDPOINT: "http://127.0.0.1.example.com/v1" is plain http, which would expose the Hetzner Cloud token to anyone on the way; ` +
+			`HCLOUD_ENDPOINT: "http://127.0.0.1.example.com/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
 				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"factory http", map[string]string{"TALOS_FACTORY_URL": "http://factory.talos.dev"},
-			`TALOS_FACTORY_URL: "http://factory.talos.dev" is plain http, which would expose the disk images the snapshots are made of to anyone on the way; ` +
+			`TALOS_FACTORY_URL: "http://factory.talos.dev" is plain http, which would let anyone on the way change the disk images the snapshots are made of; ` +
 				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"github http with a token", map[string]string{"GITHUB_API_URL": "http://ghe.example.com/api/v3/", "GITHUB_TOKEN": "ghp_x"},
-			`GITHUB_API_URL: "http://ghe.example.com/api/v3/" is plain http, which would expose GITHUB_TOKEN to anyone on the way; ` +
+			`GITHUB_API_URL: "http://ghe.example.com/api/v3/" is plain http, which would send GITHUB_TOKEN in clear text; ` +
 				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"arch", map[string]string{"ARCHITECTURES": "amd64,sparc"}, `ARCHITECTURES: "sparc" is not amd64 or arm64`},
 		{"arch twice", map[string]string{"ARCHITECTURES": "amd64,amd64"}, `ARCHITECTURES: "amd64" is listed twice`},
