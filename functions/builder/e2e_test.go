@@ -237,7 +237,7 @@ func TestBadPayloadsCreateNothing(t *testing.T) {
 		{`{"version":"1.13.9"}`, `"1.13.9" is not a version`},
 		{`{"version":"v1.13.9","arch":"sparc"}`, `arch: "sparc" is not one of the configured architectures`},
 		{`{"version":"v1.13.9","schematic":"ABC"}`, `schematic: "ABC" is not a schematic ID`},
-		{`{"version":"v1.13.9","schematic":"` + strings.Repeat("0", 64) + `","arch":"amd64"}`, "is not available from the image factory"},
+		{`{"version":"v1.13.9","schematic":"` + strings.Repeat("0", 64) + `","arch":"amd64"}`, "is not a configured schematic"},
 		{`{"version":"v1.13.9","extra":1}`, `unknown field "extra"`},
 		{`{"version":"v1.13.9'; reboot; '"}`, "is not a version"},
 		{`{"version":"v1.13.9","pad":"` + strings.Repeat("x", 5000) + `"}`, "at most 4096"},

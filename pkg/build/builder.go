@@ -68,6 +68,12 @@ type Options struct {
 	ServerImage   string              // system image the server is created with; default debian-13
 	SSHPort       int                 // default 22
 
+	// A request may name only the Schematics above and versions from
+	// MinVersion (empty: any) on, prereleases only with Prereleases: what
+	// MIN_VERSION and TRACK_PRERELEASES let the Poller track.
+	MinVersion  string
+	Prereleases bool
+
 	// StepTimeout bounds the short steps and InstallTimeout the install
 	// (rescue boot, SSH patience, write, verify). Before a step the builder
 	// needs that much time left, or it continues in a new invocation.
@@ -157,8 +163,12 @@ func New(d Deps, o Options) *Builder {
 	return b
 }
 
-// DialSSH dials with pkg/ssh: patient while the rescue system boots, host
-// key pinned for the connection's phase.
+// DialSSH dials with pkg/ssh, patient while the rescue system boots. The
+// host key is not checked: nothing tells it, and the install dials once.
+// The write is protected by our per-install key, which only the server
+// Hetzner booted with it accepts, by the check of the written disk against
+// the Talos layout, and by Hetzner taking the snapshot of the server's own
+// disk (pkg/ssh says what each covers).
 func DialSSH(ctx context.Context, addr string, key *ssh.Key, log *slog.Logger) (Remote, error) {
 	return (&ssh.Dialer{Key: key, Addr: addr, Logger: log}).Dial(ctx)
 }

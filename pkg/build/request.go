@@ -49,7 +49,8 @@ func ParseRequest(payload []byte) (Request, error) {
 	return r, nil
 }
 
-// Targets validates the request against the options and expands it.
+// Targets validates the request against the options, and the policy of
+// what may be built (policyProblems), and expands it.
 func (b *Builder) Targets(r Request) ([]Target, error) {
 	var problems []string
 	if r.Version == "" {
@@ -83,6 +84,9 @@ func (b *Builder) Targets(r Request) ([]Target, error) {
 				break // the same field is wrong in every target
 			}
 		}
+	}
+	if len(problems) == 0 {
+		problems = b.policyProblems(r)
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("invalid request: %s", strings.Join(problems, "; "))

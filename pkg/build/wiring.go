@@ -16,6 +16,8 @@ func OptionsFrom(c config.Config, schematics []string) Options {
 	return Options{
 		Architectures: c.Architectures,
 		Schematics:    schematics,
+		MinVersion:    c.MinVersion,
+		Prereleases:   c.Prereleases,
 		ServerTypes:   map[string][]string{"amd64": c.ServerTypesAMD64, "arm64": c.ServerTypesARM64},
 		Locations:     c.Locations,
 		ServerImage:   c.ServerImage,

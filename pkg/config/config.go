@@ -5,6 +5,7 @@ package config
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"slices"
@@ -188,13 +189,21 @@ func (c Config) Validate() error {
 	} else if strings.ContainsAny(c.HCloudToken, " \t\r\n") {
 		add("HCLOUD_TOKEN: contains whitespace") // never echo the token itself
 	}
-	for _, u := range []struct{ name, value string }{
-		{"HCLOUD_ENDPOINT", c.HCloudEndpoint},
-		{"TALOS_FACTORY_URL", c.FactoryURL},
-		{"GITHUB_API_URL", c.GitHubAPIURL},
+	// What plain http to each endpoint would do. The factory gets no
+	// token, but the images it serves become the snapshots clusters boot,
+	// and TLS is their only integrity check on the way: the factory signs
+	// images for Enterprise customers only (FACTS.md, "Talos").
+	githubRisk := ""
+	if c.GitHubToken != "" {
+		githubRisk = "send GITHUB_TOKEN in clear text"
+	}
+	for _, u := range []struct{ name, value, risk string }{
+		{"HCLOUD_ENDPOINT", c.HCloudEndpoint, "send the Hetzner Cloud token in clear text"},
+		{"TALOS_FACTORY_URL", c.FactoryURL, "let anyone on the way change the disk images the snapshots are made of"},
+		{"GITHUB_API_URL", c.GitHubAPIURL, githubRisk},
 	} {
-		if msg := checkURL(u.value); msg != "" {
-			add("%s: %q %s", u.name, u.value, msg)
+		if msg := checkURL(u.value, u.risk); msg != "" {
+			add("%s: %q %s", u.name, redactURL(u.value), msg)
 		}
 	}
 
@@ -345,13 +354,21 @@ func checkServerType(arch, t string) string {
 	return ""
 }
 
-func checkURL(s string) string {
+// checkURL checks a base URL. risk says what plain http to it would do;
+// with a risk, plain http is accepted only to a loopback host (the local
+// world's).
+func checkURL(s, risk string) string {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		return "is not an http(s) URL"
-	}
-	if u.User != nil {
+	case u.User != nil:
 		return "must not carry credentials"
+	case u.RawQuery != "":
+		return "must not carry a query: it is a base URL that paths are appended to"
+	case u.Scheme == "http" && risk != "" && !loopback(u.Hostname()):
+		return fmt.Sprintf("is plain http, which would %s; use https "+
+			"(http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)", risk)
 	}
 	return ""
 }
@@ -364,6 +381,41 @@ func short(d time.Duration) string {
 	}
 	if strings.HasSuffix(s, "h0m") {
 		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// loopback tells whether host is a loopback address, or localhost, which
+// resolves to one (RFC 6761, section 6.3).
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// redactURL hides what may be a secret in a URL before it goes into an
+// error message: the user information (user:password@) and the query. It
+// works on the text, so that a URL too broken to parse is redacted too.
+func redactURL(s string) string {
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	end := len(s)
+	if i := strings.IndexAny(s[start:], "/?#"); i >= 0 {
+		end = start + i
+	}
+	if at := strings.LastIndex(s[start:end], "@"); at >= 0 {
+		s = s[:start] + "***" + s[start+at:]
+	}
+	if q := strings.Index(s, "?"); q >= 0 {
+		rest := ""
+		if f := strings.Index(s[q:], "#"); f >= 0 {
+			rest = s[q+f:]
+		}
+		s = s[:q] + "?***" + rest
 	}
 	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -144,7 +145,24 @@ func TestRejections(t *testing.T) {
 		{"factory scheme", map[string]string{"TALOS_FACTORY_URL": "ftp://factory.talos.dev"},
 			`TALOS_FACTORY_URL: "ftp://factory.talos.dev" is not an http(s) URL`},
 		{"github creds", map[string]string{"GITHUB_API_URL": "https://u:p@api.github.com/"},
-			`GITHUB_API_URL: "https://u:p@api.github.com/" must not carry credentials`},
+			`GITHUB_API_URL: "https://***@api.github.com/" must not carry credentials`},
+		{"endpoint query", map[string]string{"HCLOUD_ENDPOINT": "https://api.hetzner.cloud/v1?token=abc"},
+			`HCLOUD_ENDPOINT: "https://api.hetzner.cloud/v1?***" must not carry a query: it is a base URL that paths are appended to`},
+		{"endpoint http", map[string]string{"HCLOUD_ENDPOINT": "http://api.hetzner.cloud/v1"},
+			`HCLOUD_ENDPOINT: "http://api.hetzner.cloud/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
+				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
+		{"endpoint http on a private address", map[string]string{"HCLOUD_ENDPOINT": "http://10.0.0.1:8080/v1"},
+			`HCLOUD_ENDPOINT: "http://10.0.0.1:8080/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
+				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
+		{"endpoint http on a name that merely starts like loopback", map[string]string{"HCLOUD_ENDPOINT": "http://127.0.0.1.example.com/v1"},
+			`HCLOUD_ENDPOINT: "http://127.0.0.1.example.com/v1" is plain http, which would send the Hetzner Cloud token in clear text; ` +
+				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
+		{"factory http", map[string]string{"TALOS_FACTORY_URL": "http://factory.talos.dev"},
+			`TALOS_FACTORY_URL: "http://factory.talos.dev" is plain http, which would let anyone on the way change the disk images the snapshots are made of; ` +
+				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
+		{"github http with a token", map[string]string{"GITHUB_API_URL": "http://ghe.example.com/api/v3/", "GITHUB_TOKEN": "ghp_x"},
+			`GITHUB_API_URL: "http://ghe.example.com/api/v3/" is plain http, which would send GITHUB_TOKEN in clear text; ` +
+				"use https (http is accepted only for loopback hosts: 127.0.0.0/8, ::1, localhost)"},
 		{"arch", map[string]string{"ARCHITECTURES": "amd64,sparc"}, `ARCHITECTURES: "sparc" is not amd64 or arm64`},
 		{"arch twice", map[string]string{"ARCHITECTURES": "amd64,amd64"}, `ARCHITECTURES: "amd64" is listed twice`},
 		{"arch empty", map[string]string{"ARCHITECTURES": ","}, `ARCHITECTURES: "" is not amd64 or arm64`},
@@ -254,6 +272,37 @@ func TestTokenNeverInErrors(t *testing.T) {
 	}
 }
 
+// TestURLsRedacted checks that no configuration error shows what may be a
+// secret in a URL: user information and queries, parsable or not.
+func TestURLsRedacted(t *testing.T) {
+	tests := []struct{ url, shown string }{
+		{"https://user:s3cret@api.hetzner.cloud/v1", "https://***@api.hetzner.cloud/v1"},
+		{"https://s3cret@api.hetzner.cloud", "https://***@api.hetzner.cloud"},
+		{"http://tok:s3cret@api.example.com/v1?token=s3cret", "http://***@api.example.com/v1?***"},
+		{"https://api.example.com/v1?access_token=s3cret#frag", "https://api.example.com/v1?***#frag"},
+		{"https://u:s3cret@ho st/%zz", "https://***@ho st/%zz"},
+		{"https://u:p@ss:s3cret@host:8080/x", "https://***@host:8080/x"},
+		{"ftp://u:s3cret@example.com", "ftp://***@example.com"},
+		{"u:s3cret@example.com/v1", "***@example.com/v1"},
+		{"https://api.example.com/a@b?x=s3cret", "https://api.example.com/a@b?***"},
+	}
+	for _, tt := range tests {
+		if got := redactURL(tt.url); got != tt.shown {
+			t.Errorf("redactURL(%q) = %q, want %q", tt.url, got, tt.shown)
+		}
+		for _, name := range []string{"HCLOUD_ENDPOINT", "TALOS_FACTORY_URL", "GITHUB_API_URL"} {
+			_, err := load(t, map[string]string{"HCLOUD_TOKEN": "tok", name: tt.url})
+			if err == nil {
+				t.Errorf("%s=%q accepted", name, tt.url)
+				continue
+			}
+			if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), strconv.Quote(tt.shown)) {
+				t.Errorf("%s=%q: error %q, want it to show only %q", name, tt.url, err, tt.shown)
+			}
+		}
+	}
+}
+
 func TestAcceptedValues(t *testing.T) {
 	tests := []struct {
 		name string
@@ -270,6 +319,12 @@ func TestAcceptedValues(t *testing.T) {
 		{"empty label value", map[string]string{"SNAPSHOT_LABELS": "pinned="}},
 		{"prerelease minimum", map[string]string{"MIN_VERSION": "v1.14.0-alpha.0"}},
 		{"customization only", map[string]string{"SCHEMATIC_CUSTOMIZATION": "customization: {}"}},
+		// The local world: plain http to loopback carries nothing off the machine.
+		{"http on loopback", map[string]string{"HCLOUD_ENDPOINT": "http://127.0.0.1:8080/v1",
+			"TALOS_FACTORY_URL": "http://127.45.6.7:8081", "GITHUB_API_URL": "http://[::1]:8082/", "GITHUB_TOKEN": "ghp_x"}},
+		{"http on localhost", map[string]string{"HCLOUD_ENDPOINT": "http://localhost:8080/v1", "TALOS_FACTORY_URL": "http://LOCALHOST"}},
+		// Without a token GitHub gets nothing worth protecting.
+		{"github http without a token", map[string]string{"GITHUB_API_URL": "http://ghe.example.com/api/v3/"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,11 +1,29 @@
 // Package ssh runs commands on a freshly booted rescue system: a throw-away
-// ed25519 key per phase, patient dialing while the machine boots, the host
-// key pinned to the first one seen, and output streamed into the logs.
+// ed25519 key per phase, patient dialing while the machine boots, and
+// output streamed into the logs.
+//
+// Host keys are not checked. The API tells nothing about a rescue system's
+// host key, so there is nothing to check it against (the same in
+// apricote/hcloud-upload-image, hcloudimages/client.go: "There is no way to
+// get the host key of the rescue system beforehand"), and each install
+// dials its freshly booted rescue system once, so there is no earlier key
+// to pin to either. What protects the write instead:
+//   - Our key authenticates us, and only to the system Hetzner booted with
+//     its public half: the pair is made per install and the private half
+//     never leaves memory. A machine in the middle cannot pass our login on
+//     to the real host, because the signature covers the session identifier
+//     (RFC 4252, section 7), so it cannot write the server's disk; the
+//     commands it would receive carry no secret.
+//   - The written disk is read back and checked against the Talos layout.
+//     That catches mistakes, not a machine in the middle, which could answer
+//     the check falsely: at worst it makes the build snapshot a disk that was
+//     never written (the server's own system image), never one of its own.
+//   - The snapshot is taken by Hetzner, through the API over TLS, of the
+//     server's own disk.
 package ssh
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -51,9 +69,8 @@ func (k *Key) Fingerprint() string {
 	return xssh.FingerprintLegacyMD5(k.signer.PublicKey())
 }
 
-// Dialer connects to one host as root with one key. It pins the host key
-// of the first host it logs into, so a later reconnect in the same phase
-// cannot land on a different machine.
+// Dialer connects to one host as root with one key. It accepts any host
+// key: see the package documentation for why and what protects the write.
 type Dialer struct {
 	Key  *Key
 	Addr string // host:port
@@ -62,9 +79,6 @@ type Dialer struct {
 	// AttemptTimeout bounds one TCP connect plus handshake; default 10 s.
 	AttemptTimeout time.Duration
 	Logger         *slog.Logger
-
-	mu     sync.Mutex
-	pinned xssh.PublicKey
 }
 
 // Dial connects, retrying with backoff until the host answers or ctx ends:
@@ -80,10 +94,6 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 		c, err := d.dialOnce(ctx)
 		if err == nil {
 			return c, nil
-		}
-		var mismatch *HostKeyMismatchError
-		if errors.As(err, &mismatch) {
-			return nil, err
 		}
 		if !ended(ctx) || last == nil {
 			last = err
@@ -108,17 +118,6 @@ func ended(ctx context.Context) bool {
 	return ok && !time.Now().Before(deadline)
 }
 
-// HostKeyMismatchError means the host presented another key than the one
-// pinned earlier in the phase.
-type HostKeyMismatchError struct {
-	Addr      string
-	Want, Got string
-}
-
-func (e *HostKeyMismatchError) Error() string {
-	return fmt.Sprintf("ssh %s: host key changed from %s to %s", e.Addr, e.Want, e.Got)
-}
-
 func (d *Dialer) dialOnce(ctx context.Context) (*Client, error) {
 	timeout := d.AttemptTimeout
 	if timeout <= 0 {
@@ -135,44 +134,21 @@ func (d *Dialer) dialOnce(ctx context.Context) (*Client, error) {
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	stop := context.AfterFunc(actx, func() { conn.Close() })
 	defer stop()
-	var seen xssh.PublicKey
 	cfg := &xssh.ClientConfig{
 		User: "root",
 		Auth: []xssh.AuthMethod{xssh.PublicKeys(d.Key.signer)},
-		HostKeyCallback: func(_ string, _ net.Addr, key xssh.PublicKey) error {
-			seen = key
-			return d.checkHostKey(key)
-		},
-		Timeout: timeout,
+		// Nothing to check the rescue system's key against; see the
+		// package documentation.
+		HostKeyCallback: xssh.InsecureIgnoreHostKey(),
+		Timeout:         timeout,
 	}
 	sc, chans, reqs, err := xssh.NewClientConn(conn, d.Addr, cfg)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	d.pin(seen)
 	_ = conn.SetDeadline(time.Time{})
 	return &Client{c: xssh.NewClient(sc, chans, reqs), addr: d.Addr, logger: d.logger()}, nil
-}
-
-// checkHostKey accepts any key until one is pinned, then only that one.
-func (d *Dialer) checkHostKey(key xssh.PublicKey) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.pinned != nil && !bytes.Equal(d.pinned.Marshal(), key.Marshal()) {
-		return &HostKeyMismatchError{Addr: d.Addr, Want: xssh.FingerprintSHA256(d.pinned), Got: xssh.FingerprintSHA256(key)}
-	}
-	return nil
-}
-
-// pin remembers the key of the first host we logged into: a host that
-// refused our key (say, the system before a reset) pins nothing.
-func (d *Dialer) pin(key xssh.PublicKey) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.pinned == nil {
-		d.pinned = key
-	}
 }
 
 func (d *Dialer) logger() *slog.Logger {
