@@ -382,8 +382,8 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 	}{
 		{"truncated download", &fakeRemote{failRun: errors.New("exit status 1: zstd: premature end")}, "premature end"},
 		{"mbr disk", &fakeRemote{table: `{"partitiontable":{"label":"dos","partitions":[]}}`}, `"dos" partition table`},
-		{"missing STATE", &fakeRemote{table: `{"partitiontable":{"label":"gpt","partitions":[{"name":"EFI"},{"name":"META"}]}}`},
-			"lacks the Talos partition STATE"},
+		{"missing META", &fakeRemote{table: `{"partitiontable":{"label":"gpt","partitions":[{"name":"EFI"},{"name":"BIOS"},{"name":"BOOT"}]}}`},
+			"lacks the Talos partition META"},
 		{"no table", &fakeRemote{table: ``}, "no readable partition table"},
 	}
 	for _, tt := range tests {

@@ -53,8 +53,9 @@ sync
 const verifyCommand = "sfdisk --json /dev/sda"
 
 // requiredPartitions exist in every Talos disk image; newer layouts may
-// drop BIOS or BOOT, so they are logged, not required.
-var requiredPartitions = []string{"EFI", "META", "STATE"}
+// drop BIOS or BOOT, and images of Talos >= v1.8 have no STATE (created on
+// first boot), so the others are logged, not required.
+var requiredPartitions = []string{"EFI", "META"}
 
 // checkPartitions checks sfdisk's JSON: a GPT with the Talos partitions.
 func checkPartitions(out []byte) ([]string, error) {
