@@ -62,7 +62,7 @@ func newRescue(ctx context.Context, pool *rescue.Pool, id int64, prepare func(di
 // data, against the emulated factory: good images must land on the disk byte
 // for byte, and a cut-short download must fail the script.
 func TestInstallScriptOnRescueHost(t *testing.T) {
-	f := factory.New(factory.Options{Redirect: true}) // small default image
+	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
 	t.Cleanup(func() {
 		if err := f.Close(); err != nil {
 			t.Errorf("close factory: %v", err)
@@ -77,9 +77,13 @@ func TestInstallScriptOnRescueHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, imageSize, err := factory.LayoutOf(version, arch, factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Dirty puts old data inside the image's span and behind it: only a
 	// discard followed by a sparse write gives back the image exactly.
-	pool := rescue.New(rescue.Options{Dir: t.TempDir(), DiskSize: 2 * factory.DefaultImageSize, Dirty: true,
+	pool := rescue.New(rescue.Options{Dir: t.TempDir(), DiskSize: 2 * imageSize, Dirty: true,
 		BootDelay: 10 * time.Millisecond, Port: rescuePort})
 	t.Cleanup(func() {
 		if err := pool.Close(); err != nil {
