@@ -44,7 +44,17 @@ type Cloud interface {
 type Options struct {
 	Rules
 	Policy release.Policy
+	// AnonymousGitHub is set when no GitHub token is configured: every
+	// report then warns (AnonymousGitHubWarning).
+	AnonymousGitHub bool
 }
+
+// AnonymousGitHubWarning is the report's warning when GitHub is read
+// without a token. GitHub limits unauthenticated requests per originating
+// IP address ("Rate limits for the REST API", docs.github.com), and a Lambda
+// function outside a VPC has no IP address of its own.
+const AnonymousGitHubWarning = "GitHub is read without a token: 60 requests/hour per originating IP, " +
+	"shared with other AWS customers on Lambda's egress IPs; set GITHUB_TOKEN_SECRET"
 
 // OptionsFrom maps the configuration to poller options; schematics are the
 // resolved schematic IDs (build.Schematics).
@@ -53,7 +63,7 @@ func OptionsFrom(c config.Config, schematics []string) (Options, error) {
 	if err != nil {
 		return Options{}, fmt.Errorf("MIN_VERSION: %w", err)
 	}
-	return Options{Policy: p, Rules: Rules{
+	return Options{Policy: p, AnonymousGitHub: c.GitHubToken == "", Rules: Rules{
 		Architectures: c.Architectures, Schematics: schematics, Cluster: c.Cluster,
 		MaxBuilds: c.MaxBuildsPerPoll, ServerTTL: c.BuildServerTTL, KeepOthers: c.KeepOthers,
 	}}, nil
@@ -98,6 +108,9 @@ type Report struct {
 	GitHubRequests    int      `json:"github_requests"`
 	GitHubNotModified int      `json:"github_not_modified"`
 	Tracked           []string `json:"tracked"`
+	// Warnings are conditions that do not stop a poll but may make later
+	// ones fail, e.g. reading GitHub without a token.
+	Warnings []string `json:"warnings"`
 	Plan
 }
 
@@ -105,7 +118,11 @@ type Report struct {
 // is acted on. With dryRun it plans without acting. Failed actions are
 // recorded in the report and returned joined.
 func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
-	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}}
+	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}, Warnings: []string{}}
+	if p.opts.AnonymousGitHub {
+		p.log.Warn(AnonymousGitHubWarning)
+		rep.Warnings = append(rep.Warnings, AnonymousGitHubWarning)
+	}
 	listing, err := p.d.Releases.List(ctx, p.opts.Policy.Covered)
 	if err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)

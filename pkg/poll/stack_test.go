@@ -3,6 +3,7 @@ package poll_test
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -634,4 +635,31 @@ func TestPollDuringFirstFactoryBuild(t *testing.T) {
 	check(t, "builds once the factory has built", targets(next.Builds), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
 	check(t, "deferred once the factory has built", targets(next.Deferred), []string{})
 	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
+}
+
+// TestAnonymousGitHubWarns: a report says when GitHub is read without a
+// token, and only then.
+func TestAnonymousGitHubWarns(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"anonymous", nil, []string{poll.AnonymousGitHubWarning}},
+		{"with a token", map[string]string{"GITHUB_TOKEN": "ghp_x"}, []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, stack.Options{}, tc.env)
+			rep := w.poll(true)
+			check(t, "warnings", rep.Warnings, tc.want)
+			b, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), `"warnings":[`) {
+				t.Errorf("the report's JSON lacks the warnings: %s", b)
+			}
+		})
+	}
 }
