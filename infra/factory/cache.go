@@ -179,8 +179,9 @@ func compress(ctx context.Context, format, src, dst string) error {
 
 // Image returns the raw image the factory serves for (schematic, version,
 // arch), generating it if needed, and its disk.FileDigest, so a test can
-// compare it with what a disk holds after a build. Availability
-// (SetAvailable) is ignored; the schematic and version must be known.
+// compare it with what a disk holds after a build: as served now, without
+// the partition SetOmitPartition names. Availability (SetAvailable) and
+// BuildDelay are ignored; the schematic and version must be known.
 func (f *Factory) Image(schematic, version, arch string) (rawPath, digest string, err error) {
 	t, err := f.lookup(schematic, version, arch, false)
 	if err != nil {
