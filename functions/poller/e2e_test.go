@@ -168,6 +168,9 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	if !slices.Equal(dry.Tracked, []string{"v1.12.8", "v1.13.9"}) && !slices.Equal(dry.Tracked, []string{"v1.13.9", "v1.12.8"}) {
 		t.Errorf("tracked %v", dry.Tracked)
 	}
+	if !slices.Equal(dry.Warnings, []string{poll.AnonymousGitHubWarning}) { // no GITHUB_TOKEN here
+		t.Errorf("dry run warnings %q", dry.Warnings)
+	}
 
 	first := w.poll(`{"source":"aws.scheduler"}`)
 	if got := targets(first.Builds); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 )
@@ -87,16 +89,22 @@ func (f *Factory) build(path string, build func(ctx context.Context, tmp string)
 	return nil
 }
 
-// target is one image: (schematic, version, arch).
+// target is one image: (schematic, version, arch), and the partition left
+// out of it if any (SetOmitPartition).
 type target struct {
 	schematic, version, arch string
+	omit                     string
 }
 
-// rawPath returns where the raw image of t is cached. The sizes are part of
-// the path so a Dir shared between runs with other sizes stays consistent.
+// rawPath returns where the raw image of t is cached. What shapes the
+// content is part of the path, so a Dir shared between runs with other
+// options stays consistent.
 func (f *Factory) rawPath(t target) string {
-	return filepath.Join(f.dir, fmt.Sprintf("%d-%d", f.opts.ImageSize, f.opts.DataBytes),
-		t.schematic, t.version, "hcloud-"+t.arch+".raw")
+	shape := fmt.Sprintf("scale%d-%s", f.opts.Scale, f.opts.Data)
+	if t.omit != "" {
+		shape += "-without-" + t.omit
+	}
+	return filepath.Join(f.dir, shape, t.schematic, t.version, "hcloud-"+t.arch+".raw")
 }
 
 // raw generates (once) and returns the raw image of t.
@@ -104,20 +112,41 @@ func (f *Factory) raw(ctx context.Context, t target) (string, error) {
 	path := f.rawPath(t)
 	seed := []byte(t.schematic + "\x00" + t.version + "\x00" + t.arch)
 	err := f.ensure(ctx, path, func(_ context.Context, tmp string) error {
-		return WriteImage(tmp, seed, f.opts.ImageSize, f.opts.DataBytes)
+		parts, size, err := LayoutOf(t.version, t.arch, f.opts.Scale)
+		if err != nil {
+			return err
+		}
+		data, err := DataBytesOf(t.version, t.arch, f.opts.Scale)
+		if err != nil {
+			return err
+		}
+		parts = slices.DeleteFunc(parts, func(p Partition) bool { return p.Name == t.omit })
+		var room int64
+		for _, p := range parts {
+			room += p.Size()
+		}
+		return WriteImage(tmp, seed, parts, size, min(data, room), f.opts.Data)
 	})
 	return path, err
 }
 
-// compressed generates (once) and returns the compressed image of t in
-// format "xz" or "zst".
+// compressed builds (once) and returns the compressed image of t in format
+// "xz" or "zst". Building takes Options.BuildDelay and runs detached from
+// ctx, as the real factory's single-flight build does (image-factory
+// internal/asset/asset.go Builder.Build: singleflight DoChan on a context of
+// its own with a 20-minute timeout; the request only stops waiting).
 func (f *Factory) compressed(ctx context.Context, t target, format string) (string, error) {
-	raw, err := f.raw(ctx, t)
-	if err != nil {
-		return "", err
-	}
-	path := raw + "." + format
-	err = f.ensure(ctx, path, func(ctx context.Context, tmp string) error {
+	path := f.rawPath(t) + "." + format
+	err := f.ensure(ctx, path, func(ctx context.Context, tmp string) error {
+		select {
+		case <-time.After(f.opts.BuildDelay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		raw, err := f.raw(ctx, t)
+		if err != nil {
+			return err
+		}
 		return compress(ctx, format, raw, tmp)
 	})
 	return path, err
@@ -150,8 +179,9 @@ func compress(ctx context.Context, format, src, dst string) error {
 
 // Image returns the raw image the factory serves for (schematic, version,
 // arch), generating it if needed, and its disk.FileDigest, so a test can
-// compare it with what a disk holds after a build. Availability
-// (SetAvailable) is ignored; the schematic and version must be known.
+// compare it with what a disk holds after a build: as served now, without
+// the partition SetOmitPartition names. Availability (SetAvailable) and
+// BuildDelay are ignored; the schematic and version must be known.
 func (f *Factory) Image(schematic, version, arch string) (rawPath, digest string, err error) {
 	t, err := f.lookup(schematic, version, arch, false)
 	if err != nil {

@@ -3,15 +3,20 @@
 // the version list and schematic registration.
 //
 // Images are synthetic but faithful where a builder can tell: raw GPT disks
-// with the Talos partitions (see WriteImage), compressed by the system xz and
-// zstd like the Talos imager, different and deterministic per (schematic,
-// version, arch), generated on first request and cached on disk. Knobs
-// reproduce the failures seen in practice: a freshly published release that
-// still 404s (SetAvailable) and truncated downloads (SetTruncate).
+// with the partitions, attributes and raw size of the real Talos hcloud image
+// of their version and architecture (LayoutOf), data where a real image has
+// data (DataBytesOf), compressed by the system xz and zstd like the Talos
+// imager, different and deterministic per (schematic, version, arch). Like
+// the real factory, it builds an image on the first request for it and
+// answers when it is built (Options.BuildDelay), then serves it from its
+// cache. Knobs reproduce the failures seen in practice: a freshly published
+// release that still 404s (SetAvailable), truncated downloads (SetTruncate)
+// and broken images (SetOmitPartition).
 //
 // Not emulated: other image kinds and platforms (ISO, installer, PXE, kernel,
 // initramfs), the extension and overlay listings, SecureBoot, the OCI
-// registry frontend, authentication, and real build latency.
+// registry frontend, authentication, the factory's build concurrency limit,
+// and file systems inside the partitions.
 package factory
 
 import (
@@ -33,11 +38,9 @@ import (
 	"time"
 )
 
-// Defaults for Options.
-const (
-	DefaultImageSize = 32 * mib
-	DefaultDataBytes = 6 * mib
-)
+// QuickScale is a Scale for tests: v1.11+ images of 19 MiB (arm64) and
+// 35 MiB (amd64) with the real partition names, order and types.
+const QuickScale = 128
 
 // Options configure a Factory.
 type Options struct {
@@ -53,11 +56,18 @@ type Options struct {
 	// Schematics are known schematic IDs besides VanillaSchematic and
 	// QemuGuestAgentSchematic, which are always known.
 	Schematics []string
-	// ImageSize is the raw image size in bytes; default DefaultImageSize.
-	ImageSize int64
-	// DataBytes is how much of the raw image is incompressible data; default
-	// DefaultDataBytes (capped to what fits).
-	DataBytes int64
+	// Scale divides the partition and image sizes (see LayoutOf) and the
+	// data (DataBytesOf); 0 or 1: the real sizes, e.g. 4247 MiB for v1.13
+	// amd64. QuickScale keeps tests fast.
+	Scale int64
+	// Data is the kind of data in the images; default Incompressible.
+	Data DataKind
+	// BuildDelay is how long the first request (HEAD or GET) for an image
+	// that is not built yet blocks before it is answered, as the real
+	// factory builds on a cache miss (for minutes). Concurrent requests wait
+	// for the same build; a client that goes away does not cancel it; once
+	// built, the image is answered at once. Default 0.
+	BuildDelay time.Duration
 	// Redirect makes a GET of an image answer 302 to a CDN-like path on the
 	// same server, as the real factory does. HEAD is always answered directly.
 	Redirect bool
@@ -110,6 +120,7 @@ type Factory struct {
 	versions   map[string]bool // accepted version -> available
 	schematics map[string]bool
 	truncate   Truncation
+	omit       string // partition left out of images generated from now on
 	requests   []Request
 	jobs       map[string]*job
 	digests    map[string]string
@@ -120,33 +131,25 @@ type Factory struct {
 
 // New returns a Factory; Close releases it, also when it is only used as an
 // http.Handler. New panics if opts holds a malformed version or schematic
-// ID, or an image size WriteImage rejects: those are programming errors in a
-// test or scenario.
+// ID, a negative scale or an unknown data kind: those are programming errors
+// in a test or scenario.
 func New(opts Options) *Factory {
 	if opts.Addr == "" {
 		opts.Addr = "127.0.0.1:0"
 	}
-	if opts.ImageSize == 0 {
-		opts.ImageSize = DefaultImageSize
+	if opts.Scale == 0 {
+		opts.Scale = 1
 	}
-	if opts.DataBytes == 0 {
-		opts.DataBytes = DefaultDataBytes
+	if opts.Scale < 0 {
+		panic(fmt.Sprintf("factory: scale %d: want 1 or more", opts.Scale))
+	}
+	if opts.Data != Incompressible && opts.Data != Compressible {
+		panic(fmt.Sprintf("factory: unknown %v", opts.Data))
 	}
 	if len(opts.Versions) == 0 {
 		opts.Versions = DefaultVersions()
 	}
-	parts, err := Layout(opts.ImageSize)
-	if err != nil {
-		panic(fmt.Sprintf("factory: %v", err))
-	}
-	var room int64
-	for _, p := range parts {
-		room += p.Size()
-	}
-	if opts.DataBytes < 0 {
-		panic(fmt.Sprintf("factory: negative data bytes %d", opts.DataBytes))
-	}
-	opts.DataBytes = min(opts.DataBytes, room)
+	var err error
 
 	f := &Factory{
 		opts:       opts,
@@ -266,6 +269,21 @@ func (f *Factory) SetTruncate(t Truncation) {
 	f.truncate = t
 }
 
+// SetOmitPartition makes the images generated from now on lack the named
+// partition (one of PartitionNames), like a broken build; "" restores whole
+// images. The partition's space stays in the image, unpartitioned and zero.
+// It is part of the cache key: images of both kinds can be served side by
+// side.
+func (f *Factory) SetOmitPartition(name string) error {
+	if name != "" && !slices.Contains(PartitionNames, name) {
+		return fmt.Errorf("omit partition %q: not one of %v", name, PartitionNames)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.omit = name
+	return nil
+}
+
 // Requests returns a copy of the request log.
 func (f *Factory) Requests() []Request {
 	f.mu.Lock()
@@ -365,11 +383,12 @@ func (f *Factory) lookup(schematic, version, arch string, checkAvailable bool) (
 	}
 	f.mu.Lock()
 	available, ok := f.versions[v]
+	omit := f.omit
 	f.mu.Unlock()
 	if !ok || checkAvailable && !available {
 		return target{}, &statusError{http.StatusNotFound, fmt.Sprintf("version %s not found", v)}
 	}
-	return target{schematic: schematic, version: v, arch: arch}, nil
+	return target{schematic: schematic, version: v, arch: arch, omit: omit}, nil
 }
 
 func (f *Factory) serveImage(w http.ResponseWriter, r *http.Request, redirect bool) {
@@ -390,14 +409,16 @@ func (f *Factory) serveImage(w http.ResponseWriter, r *http.Request, redirect bo
 		http.Error(w, se.msg, se.code)
 		return
 	}
-	if redirect {
-		http.Redirect(w, r, "/cdn/"+t.schematic+"/"+t.version+"/"+file, http.StatusFound)
-		return
-	}
-
+	// The real factory builds a missing image before it answers, also a
+	// HEAD and before a redirect (image-factory internal/frontend/http/
+	// image.go handleImage: assetBuilder.Build, then the redirect for GET).
 	path, err := f.compressed(r.Context(), t, format)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if redirect {
+		http.Redirect(w, r, "/cdn/"+t.schematic+"/"+t.version+"/"+file, http.StatusFound)
 		return
 	}
 	fh, err := os.Open(path)
@@ -418,8 +439,9 @@ func (f *Factory) serveImage(w http.ResponseWriter, r *http.Request, redirect bo
 	h := w.Header()
 	h.Set("Content-Type", map[string]string{"xz": "application/x-xz", "zst": "application/zstd"}[format])
 	h.Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", file))
-	// the content is a function of the target, sizes and format
-	key := fmt.Sprintf("%s/%s/%s/%d/%d/%s", t.schematic, t.version, t.arch, f.opts.ImageSize, f.opts.DataBytes, format)
+	// the content is a function of the cache path (target, scale, data,
+	// omitted partition) and format
+	key := strings.TrimPrefix(path, f.dir)
 	etag := fmt.Sprintf("%x", sha256.Sum256([]byte(key)))[:32]
 	switch trunc {
 	case TruncateShort:

@@ -2,6 +2,7 @@ package factory_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
@@ -24,15 +26,13 @@ import (
 const (
 	vanilla = factory.VanillaSchematic
 	qemu    = factory.QemuGuestAgentSchematic
-	// small images keep the tests fast
-	testSize = 8 << 20
-	testData = 1 << 20
 )
 
+// start starts a factory; small images keep the tests fast.
 func start(t *testing.T, opts factory.Options) (*factory.Factory, string) {
 	t.Helper()
-	if opts.ImageSize == 0 {
-		opts.ImageSize, opts.DataBytes = testSize, testData
+	if opts.Scale == 0 {
+		opts.Scale = factory.QuickScale
 	}
 	f := factory.New(opts)
 	url, err := f.Start()
@@ -134,8 +134,7 @@ func run(t *testing.T, stdin []byte, name string, args ...string) ([]byte, error
 }
 
 func TestImageDownload(t *testing.T) {
-	// the default sizes, as the rescue tests will see them
-	f, url := start(t, factory.Options{ImageSize: factory.DefaultImageSize, DataBytes: factory.DefaultDataBytes})
+	f, url := start(t, factory.Options{})
 	rawPath, digest, err := f.Image(qemu, "v1.13.9", "amd64")
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +214,11 @@ func TestImageDownload(t *testing.T) {
 			blocks, _ = strconv.Atoi(fields[2])
 		}
 	}
-	if want := factory.DefaultImageSize >> 20; blocks != want {
+	_, size, err := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int(size >> 20); blocks != want {
 		t.Errorf("xz stream has %d blocks, want %d (1 MiB each)", blocks, want)
 	}
 }
@@ -558,5 +561,159 @@ func TestCloseRemovesOwnDir(t *testing.T) {
 	}
 	if _, err := http.Get(url + "/versions"); err == nil {
 		t.Error("server still answers after Close")
+	}
+}
+
+// partitionNames reads the partition names of a raw image with sfdisk.
+func partitionNames(t *testing.T, path string) []string {
+	t.Helper()
+	tab, _ := sfdisk(t, path)
+	var names []string
+	for _, p := range tab.PartitionTable.Partitions {
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+func TestOmitPartition(t *testing.T) {
+	f, url := start(t, factory.Options{})
+	whole, wholeDigest, err := f.Image(vanilla, "v1.13.9", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := partitionNames(t, whole); fmt.Sprint(got) != "[EFI BIOS BOOT META]" {
+		t.Fatalf("whole image: %v", got)
+	}
+	if err := f.SetOmitPartition("STAT"); err == nil {
+		t.Error("SetOmitPartition accepted an unknown name")
+	}
+	if err := f.SetOmitPartition("META"); err != nil {
+		t.Fatal(err)
+	}
+	broken, brokenDigest, err := f.Image(vanilla, "v1.13.9", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := partitionNames(t, broken); fmt.Sprint(got) != "[EFI BIOS BOOT]" || brokenDigest == wholeDigest {
+		t.Errorf("without META: %v, digest %s (whole %s)", got, brokenDigest, wholeDigest)
+	}
+	// served as well: the download is the broken image
+	_, body := do(t, "GET", imageURL(url, vanilla, "v1.13.9", "hcloud-amd64.raw.zst"), nil)
+	raw, err := run(t, body, "zstd", "-dc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := os.ReadFile(broken); !bytes.Equal(raw, want) {
+		t.Error("the served image is not the one without META")
+	}
+	// a partition the layout does not have leaves the image whole
+	if err := f.SetOmitPartition("STATE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, d, err := f.Image(vanilla, "v1.13.9", "amd64"); err != nil || d != wholeDigest {
+		t.Errorf("without STATE (which v1.13 lacks): %s, %v; want the whole image", d, err)
+	}
+	if err := f.SetOmitPartition(""); err != nil {
+		t.Fatal(err)
+	}
+	if p, d, err := f.Image(vanilla, "v1.13.9", "amd64"); err != nil || p != whole || d != wholeDigest {
+		t.Errorf("whole again: %s %s, %v", p, d, err)
+	}
+}
+
+func TestDataKinds(t *testing.T) {
+	sizes := map[factory.DataKind]int{}
+	for _, kind := range []factory.DataKind{factory.Incompressible, factory.Compressible} {
+		_, url := start(t, factory.Options{Data: kind})
+		_, body := do(t, "GET", imageURL(url, vanilla, "v1.13.9", "hcloud-amd64.raw.zst"), nil)
+		sizes[kind] = len(body)
+	}
+	data, err := factory.DataBytesOf("v1.13.9", "amd64", factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// zstd keeps incompressible data as it is and shrinks text-like data
+	if n := sizes[factory.Incompressible]; n < int(data) || n > int(data)*11/10 {
+		t.Errorf("incompressible: %d compressed bytes for %d of data", n, data)
+	}
+	if n := sizes[factory.Compressible]; n > int(data)/2 {
+		t.Errorf("compressible: %d compressed bytes for %d of data", n, data)
+	}
+}
+
+// TestBuildOnFirstRequest: the first requests for an image wait for one
+// build, a client that gives up does not stop it, a built image is answered
+// at once, and errors never wait.
+func TestBuildOnFirstRequest(t *testing.T) {
+	const delay = time.Second
+	var logs lockedBuffer
+	f, url := start(t, factory.Options{BuildDelay: delay, Redirect: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	timed := func(method, u string, timeout time.Duration) (int, time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, method, u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, time.Since(start), err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, time.Since(start), err
+	}
+
+	u := imageURL(url, vanilla, "v1.13.9", "hcloud-amd64.raw.zst")
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if code, took, err := timed("HEAD", u, time.Minute); err != nil || code != 200 || took < delay {
+				t.Errorf("first HEADs: %d after %s, %v; want 200 after %s", code, took, err, delay)
+			}
+		})
+	}
+	wg.Wait()
+	if n := strings.Count(logs.String(), "hcloud-amd64.raw.zst\n"); n != 1 {
+		t.Errorf("%d builds of the zst image, want 1:\n%s", n, logs.String())
+	}
+	for _, method := range []string{"HEAD", "GET"} {
+		if code, took, err := timed(method, u, time.Minute); err != nil || code != 200 || took >= delay/2 {
+			t.Errorf("%s of the built image: %d after %s, %v", method, code, took, err)
+		}
+	}
+
+	// another format is another build; a GET waits for it before the redirect
+	xz := imageURL(url, vanilla, "v1.13.9", "hcloud-amd64.raw.xz")
+	if code, took, err := timed("GET", xz, time.Minute); err != nil || code != 200 || took < delay {
+		t.Errorf("first GET of the xz image: %d after %s, %v", code, took, err)
+	}
+
+	// a client that gives up leaves the build running
+	arm := imageURL(url, vanilla, "v1.13.9", "hcloud-arm64.raw.zst")
+	begun := time.Now()
+	if _, _, err := timed("HEAD", arm, delay/5); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("impatient HEAD: %v, want a timeout", err)
+	}
+	time.Sleep(delay - time.Since(begun) + delay/5) // the build is done by now
+	if code, took, err := timed("HEAD", arm, time.Minute); err != nil || code != 200 || took >= delay/2 {
+		t.Errorf("HEAD after the abandoned build: %d after %s, %v", code, took, err)
+	}
+
+	for _, tc := range []struct {
+		u    string
+		want int
+	}{
+		{imageURL(url, vanilla, "v1.99.0", "hcloud-amd64.raw.zst"), 404},
+		{imageURL(url, strings.Repeat("0", 64), "v1.13.9", "hcloud-amd64.raw.zst"), 404},
+		{imageURL(url, vanilla, "v1.13", "hcloud-amd64.raw.zst"), 500},
+	} {
+		if code, took, err := timed("HEAD", tc.u, time.Minute); err != nil || code != tc.want || took >= delay/2 {
+			t.Errorf("HEAD %s: %d after %s, %v; want %d at once", tc.u, code, took, err, tc.want)
+		}
+	}
+	if n := f.Count("HEAD", "/cdn/"); n != 0 {
+		t.Errorf("%d HEADs redirected", n)
 	}
 }

@@ -2,7 +2,9 @@ package factory_test
 
 import (
 	"bytes"
+	"compress/flate"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,30 +47,138 @@ func sfdisk(t *testing.T, path string) (sfdiskTable, string) {
 	return tab, stderr.String()
 }
 
+// TestLayoutOf checks the layouts at real sizes against the Talos sources
+// (see talosLayout) and FACTS.md's table: names, types, sizes in MiB and the
+// raw image size, which pkg/imager/profile/testdata/hcloud-*.yaml records.
+func TestLayoutOf(t *testing.T) {
+	const (
+		efi  = factory.TypeEFISystem
+		bios = factory.TypeBIOSBoot
+		lin  = factory.TypeLinuxFS
+	)
+	grub := []string{"EFI 100", "BIOS 1", "BOOT 1000", "META 1"}
+	for _, tc := range []struct {
+		version, arch string
+		parts         []string // name and MiB
+		types         []string
+		rawMiB        int64
+		dataMiB       int64
+	}{
+		{"v1.7.6", "amd64", append(grub[:4:4], "STATE 100", "EPHEMERAL 42"), []string{efi, bios, lin, lin, lin, lin}, 1246, 115},
+		{"v1.7.6", "arm64", append(grub[:4:4], "STATE 100", "EPHEMERAL 42"), []string{efi, bios, lin, lin, lin, lin}, 1246, 115},
+		{"1.8.0", "amd64", grub, []string{efi, bios, lin, lin}, 1246, 115},
+		{"v1.9.5", "arm64", grub, []string{efi, bios, lin, lin}, 1246, 115},
+		{"v1.10.7", "amd64", []string{"EFI 1101", "BIOS 1", "BOOT 1000", "META 1"}, []string{efi, bios, lin, lin}, 2247, 230},
+		{"v1.10.0-beta.0", "arm64", []string{"EFI 1101", "META 1"}, []string{efi, lin}, 1246, 115},
+		{"v1.11.0-alpha.0", "amd64", []string{"EFI 2101", "BIOS 1", "BOOT 2000", "META 1"}, []string{efi, bios, lin, lin}, 4247, 230},
+		{"v1.13.9", "amd64", []string{"EFI 2101", "BIOS 1", "BOOT 2000", "META 1"}, []string{efi, bios, lin, lin}, 4247, 230},
+		{"v1.13.9", "arm64", []string{"EFI 2101", "META 1"}, []string{efi, lin}, 2246, 115},
+		{"v1.14.0-rc.1", "arm64", []string{"EFI 2101", "META 1"}, []string{efi, lin}, 2246, 115},
+	} {
+		t.Run(tc.version+"/"+tc.arch, func(t *testing.T) {
+			parts, size, err := factory.LayoutOf(tc.version, tc.arch, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got, types []string
+			next := int64(2048) // partitions start at 1 MiB and follow each other
+			for _, p := range parts {
+				got = append(got, fmt.Sprintf("%s %d", p.Name, p.Size()>>20))
+				types = append(types, p.Type)
+				if p.FirstLBA != next || p.Size()%(1<<20) != 0 {
+					t.Errorf("%s at LBA %d size %d, want LBA %d and whole MiBs", p.Name, p.FirstLBA, p.Size(), next)
+				}
+				next = p.LastLBA + 1
+				wantAttrs := uint64(0)
+				if p.Name == "BIOS" {
+					wantAttrs = factory.AttrLegacyBIOSBootable
+				}
+				if p.Attrs != wantAttrs {
+					t.Errorf("%s attributes %#x, want %#x", p.Name, p.Attrs, wantAttrs)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.parts) || fmt.Sprint(types) != fmt.Sprint(tc.types) {
+				t.Errorf("layout %v %v, want %v %v", got, types, tc.parts, tc.types)
+			}
+			if size != tc.rawMiB<<20 {
+				t.Errorf("raw size %d MiB, want %d", size>>20, tc.rawMiB)
+			}
+			if data, err := factory.DataBytesOf(tc.version, tc.arch, 1); err != nil || data != tc.dataMiB<<20 {
+				t.Errorf("data %d MiB, %v; want %d", data>>20, err, tc.dataMiB)
+			}
+
+			// scaled: the same partitions, smaller, still aligned
+			for _, scale := range []int64{factory.QuickScale, 1 << 20} {
+				small, ssize, err := factory.LayoutOf(tc.version, tc.arch, scale)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(small) != len(parts) {
+					t.Fatalf("scale %d: %d partitions, want %d", scale, len(small), len(parts))
+				}
+				next := int64(2048)
+				for i, p := range small {
+					if p.Name != parts[i].Name || p.Type != parts[i].Type || p.Attrs != parts[i].Attrs ||
+						p.FirstLBA != next || p.Size() < 1<<20 || p.Size()%(1<<20) != 0 {
+						t.Errorf("scale %d: partition %+v", scale, p)
+					}
+					next = p.LastLBA + 1
+				}
+				if ssize%(1<<20) != 0 || ssize < (next+2048)*512 || ssize > size {
+					t.Errorf("scale %d: raw size %d for partitions up to LBA %d", scale, ssize, next)
+				}
+				data, err := factory.DataBytesOf(tc.version, tc.arch, scale)
+				if err != nil || data < 64<<10 || data > tc.dataMiB<<20/scale+64<<10 {
+					t.Errorf("scale %d: data %d, %v", scale, data, err)
+				}
+			}
+		})
+	}
+	// the sizes the tests see
+	if _, size, _ := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale); size != 35<<20 {
+		t.Errorf("quick v1.13.9 amd64: %d MiB, want 35", size>>20)
+	}
+	for _, tc := range []struct {
+		version, arch string
+		scale         int64
+	}{
+		{"v1.13", "amd64", 1}, {"latest", "amd64", 1}, {"v1.13.9", "riscv64", 1}, {"v1.13.9", "amd64", 0},
+	} {
+		if _, _, err := factory.LayoutOf(tc.version, tc.arch, tc.scale); err == nil {
+			t.Errorf("LayoutOf(%v): no error", tc)
+		}
+		if _, err := factory.DataBytesOf(tc.version, tc.arch, tc.scale); err == nil {
+			t.Errorf("DataBytesOf(%v): no error", tc)
+		}
+	}
+}
+
 func TestWriteImageGPT(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		size, data int64
+		version, arch string
+		scale, data   int64
 	}{
-		{"minimum", factory.MinImageSize, 1 << 20},
-		{"test default", factory.DefaultImageSize, factory.DefaultDataBytes},
-		{"talos size", 1280 << 20, 2 << 20}, // nominal layout, mostly holes
+		{"v1.13.9", "amd64", factory.QuickScale, 2 << 20},
+		{"v1.13.9", "arm64", factory.QuickScale, 1 << 20},
+		{"v1.7.6", "amd64", factory.QuickScale, 1 << 20},
+		{"v1.13.9", "amd64", 1, 2 << 20}, // real size, mostly holes
+		{"v1.7.6", "arm64", 1, 2 << 20},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s/scale %d", tc.version, tc.arch, tc.scale), func(t *testing.T) {
+			layout, size, err := factory.LayoutOf(tc.version, tc.arch, tc.scale)
+			if err != nil {
+				t.Fatal(err)
+			}
 			path := filepath.Join(t.TempDir(), "disk.raw")
-			if err := factory.WriteImage(path, []byte(tc.name), tc.size, tc.data); err != nil {
+			if err := factory.WriteImage(path, []byte(tc.version), layout, size, tc.data, factory.Incompressible); err != nil {
 				t.Fatal(err)
 			}
 			st, err := os.Stat(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Size() != tc.size {
-				t.Errorf("size %d, want %d", st.Size(), tc.size)
-			}
-			layout, err := factory.Layout(tc.size)
-			if err != nil {
-				t.Fatal(err)
+			if st.Size() != size {
+				t.Errorf("size %d, want %d", st.Size(), size)
 			}
 			{
 				tab, stderr := sfdisk(t, path)
@@ -76,8 +186,8 @@ func TestWriteImageGPT(t *testing.T) {
 				if pt.Label != "gpt" || pt.SectorSize != 512 {
 					t.Errorf("label %q sector size %d, want gpt 512", pt.Label, pt.SectorSize)
 				}
-				if pt.FirstLBA != 34 || pt.LastLBA != tc.size/512-34 {
-					t.Errorf("usable LBAs %d..%d, want 34..%d", pt.FirstLBA, pt.LastLBA, tc.size/512-34)
+				if pt.FirstLBA != 34 || pt.LastLBA != size/512-34 {
+					t.Errorf("usable LBAs %d..%d, want 34..%d", pt.FirstLBA, pt.LastLBA, size/512-34)
 				}
 				if len(pt.Partitions) != len(layout) {
 					t.Fatalf("%d partitions, want %d", len(pt.Partitions), len(layout))
@@ -87,12 +197,9 @@ func TestWriteImageGPT(t *testing.T) {
 					if p.Name != want.Name || p.Type != want.Type || p.Start != want.FirstLBA || p.Size != want.LastLBA-want.FirstLBA+1 {
 						t.Errorf("partition %d: %+v, want %+v", i, p, want)
 					}
-					if p.Start%2048 != 0 {
-						t.Errorf("partition %s starts at %d, not 1 MiB aligned", p.Name, p.Start)
+					if wantAttrs := map[bool]string{true: "LegacyBIOSBootable"}[p.Name == "BIOS"]; p.Attrs != wantAttrs {
+						t.Errorf("%s attrs %q, want %q", p.Name, p.Attrs, wantAttrs)
 					}
-				}
-				if pt.Partitions[1].Attrs != "LegacyBIOSBootable" {
-					t.Errorf("BIOS attrs %q, want LegacyBIOSBootable", pt.Partitions[1].Attrs)
 				}
 				if stderr != "" {
 					t.Errorf("sfdisk complained: %s", stderr)
@@ -101,21 +208,6 @@ func TestWriteImageGPT(t *testing.T) {
 			if out, err := exec.Command("sfdisk", "--verify", path).CombinedOutput(); err != nil || !strings.Contains(string(out), "No errors detected") {
 				t.Errorf("sfdisk --verify: %v\n%s", err, out)
 			}
-
-			names := make([]string, len(layout))
-			for i, p := range layout {
-				names[i] = p.Name
-			}
-			if got := strings.Join(names, ","); got != "EFI,BIOS,BOOT,META,STATE" {
-				t.Errorf("layout %s", got)
-			}
-			wantTypes := []string{factory.TypeEFISystem, factory.TypeBIOSBoot, factory.TypeLinuxFS, factory.TypeLinuxFS, factory.TypeLinuxFS}
-			for i, p := range layout {
-				if p.Type != wantTypes[i] {
-					t.Errorf("%s type %s, want %s", p.Name, p.Type, wantTypes[i])
-				}
-			}
-
 			out, err := exec.Command("blkid", "-p", "-o", "value", "-s", "PTTYPE", path).Output()
 			if err != nil || strings.TrimSpace(string(out)) != "gpt" {
 				t.Errorf("blkid PTTYPE %q, %v; want gpt", out, err)
@@ -146,13 +238,20 @@ func corrupt(path string, off int64) error {
 	return err
 }
 
+// TestWriteImageContent checks where the data goes and what it is made of:
+// deterministic per seed, in every partition, as much as asked for, and
+// (in)compressible as its kind says.
 func TestWriteImageContent(t *testing.T) {
 	dir := t.TempDir()
-	const size, data = 16 << 20, 3<<20 + 12345
-	write := func(name string, seed string) []byte {
+	layout, size, err := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const data = 10<<20 + 12345
+	write := func(name, seed string, kind factory.DataKind) []byte {
 		t.Helper()
 		path := filepath.Join(dir, name)
-		if err := factory.WriteImage(path, []byte(seed), size, data); err != nil {
+		if err := factory.WriteImage(path, []byte(seed), layout, size, data, kind); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(path)
@@ -161,45 +260,78 @@ func TestWriteImageContent(t *testing.T) {
 		}
 		return b
 	}
-	a, again, other := write("a", "seed-a"), write("a2", "seed-a"), write("b", "seed-b")
-	if !bytes.Equal(a, again) {
-		t.Error("same seed gave different images")
-	}
-	if bytes.Equal(a, other) {
-		t.Error("different seeds gave equal images")
-	}
-
-	layout, _ := factory.Layout(size)
-	var nonzero int64
-	for _, p := range layout {
-		for _, b := range a[p.FirstLBA*512 : (p.LastLBA+1)*512] {
-			if b != 0 {
-				nonzero++
+	for _, tc := range []struct {
+		kind factory.DataKind
+		// deflated size of the data, as a share of it
+		minRatio, maxRatio float64
+	}{
+		{factory.Incompressible, 0.99, 1.01},
+		{factory.Compressible, 0.2, 0.6},
+	} {
+		t.Run(tc.kind.String(), func(t *testing.T) {
+			a, again, other := write("a", "seed-a", tc.kind), write("a2", "seed-a", tc.kind), write("b", "seed-b", tc.kind)
+			if !bytes.Equal(a, again) {
+				t.Error("same seed gave different images")
 			}
-		}
-		if bytes.Count(a[p.FirstLBA*512:(p.LastLBA+1)*512], []byte{0}) == int(p.Size()) {
-			t.Errorf("partition %s holds no data", p.Name)
-		}
-	}
-	// random bytes are zero 1/256 of the time
-	if lo, hi := int64(data)*254/256, int64(data); nonzero < lo || nonzero > hi {
-		t.Errorf("%d non-zero bytes in partitions, want about %d", nonzero, data)
+			if bytes.Equal(a, other) {
+				t.Error("different seeds gave equal images")
+			}
+			var nonzero int64
+			for _, p := range layout {
+				part := a[p.FirstLBA*512 : (p.LastLBA+1)*512]
+				n := int64(len(part) - bytes.Count(part, []byte{0}))
+				if n == 0 {
+					t.Errorf("partition %s holds no data", p.Name)
+				}
+				nonzero += n
+			}
+			// random bytes are zero 1/256 of the time; words never
+			if lo := int64(data) * 254 / 256; nonzero < lo || nonzero > data {
+				t.Errorf("%d non-zero bytes in partitions, want about %d", nonzero, data)
+			}
+			if tc.kind == factory.Compressible && nonzero != data {
+				t.Errorf("%d non-zero bytes, want exactly %d", nonzero, data)
+			}
+			var buf bytes.Buffer
+			w, _ := flate.NewWriter(&buf, flate.BestSpeed)
+			if _, err := w.Write(a); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			if r := float64(buf.Len()) / data; r < tc.minRatio || r > tc.maxRatio {
+				t.Errorf("deflated to %.2f of the data, want %.2f..%.2f", r, tc.minRatio, tc.maxRatio)
+			}
+		})
 	}
 }
 
 func TestWriteImageRejects(t *testing.T) {
 	dir := t.TempDir()
+	layout, size, err := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlap := append([]factory.Partition(nil), layout...)
+	overlap[1].FirstLBA = overlap[0].LastLBA
+	beyond := append([]factory.Partition(nil), layout...)
+	beyond[3].LastLBA = size / 512
 	for _, tc := range []struct {
-		name       string
-		size, data int64
+		name  string
+		parts []factory.Partition
+		size  int64
+		data  int64
+		kind  factory.DataKind
 	}{
-		{"too small", factory.MinImageSize - 512, 0},
-		{"not sectors", factory.DefaultImageSize + 1, 0},
-		{"too much data", factory.MinImageSize, factory.MinImageSize},
-		{"negative data", factory.MinImageSize, -1},
+		{"not sectors", layout, size + 1, 0, factory.Incompressible},
+		{"too small", nil, 4096, 0, factory.Incompressible},
+		{"overlap", overlap, size, 0, factory.Incompressible},
+		{"beyond the usable end", beyond, size, 0, factory.Incompressible},
+		{"too much data", layout, size, size, factory.Incompressible},
+		{"negative data", layout, size, -1, factory.Incompressible},
+		{"unknown kind", layout, size, 1 << 20, factory.DataKind(7)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := factory.WriteImage(filepath.Join(dir, "x"), nil, tc.size, tc.data); err == nil {
+			if err := factory.WriteImage(filepath.Join(dir, "x"), nil, tc.parts, tc.size, tc.data, tc.kind); err == nil {
 				t.Error("no error")
 			}
 		})

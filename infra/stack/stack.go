@@ -30,10 +30,18 @@ type Options struct {
 	// ActionDurations overrides it per command (e.g. create_image).
 	ActionDuration  time.Duration
 	ActionDurations map[string]time.Duration
-	// DiskSize is the size of each server's sparse disk file; default 4 GiB.
+	// DiskSize is the size of each server's sparse disk file; default 4 GiB,
+	// enough for images at QuickScale but not at the real sizes (v1.11+
+	// amd64: 4247 MiB).
 	DiskSize int64
-	// ImageSize and DataBytes shape the factory's synthetic images.
-	ImageSize, DataBytes int64
+	// Scale shapes the factory's images (factory.Options.Scale): 0 means
+	// factory.QuickScale, 1 the real sizes.
+	Scale int64
+	// Data is the kind of data in the factory's images.
+	Data factory.DataKind
+	// FactoryBuildDelay is how long the factory builds an image on the
+	// first request for it (factory.Options.BuildDelay).
+	FactoryBuildDelay time.Duration
 	// Versions the factory serves; default factory.DefaultVersions().
 	Versions []string
 	// Releases of siderolabs/talos; default github.TalosReleases().
@@ -102,8 +110,12 @@ func Start(o Options) (_ *Stack, err error) {
 		return nil, fmt.Errorf("start hetzner api: %w", err)
 	}
 
+	scale := o.Scale
+	if scale == 0 {
+		scale = factory.QuickScale
+	}
 	s.Factory = factory.New(factory.Options{
-		Dir: dir + "/images", Versions: o.Versions, ImageSize: o.ImageSize, DataBytes: o.DataBytes,
+		Dir: dir + "/images", Versions: o.Versions, Scale: scale, Data: o.Data, BuildDelay: o.FactoryBuildDelay,
 		Redirect: true, Logger: logger,
 	})
 	if s.FactoryURL, err = s.Factory.Start(); err != nil {

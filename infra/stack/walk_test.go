@@ -62,7 +62,7 @@ func TestManualBuildWalk(t *testing.T) {
 	must(t, remote.Run(ctx, fmt.Sprintf("set -euo pipefail; wget -q -O /tmp/talos.raw.xz '%s'; xz -d -c /tmp/talos.raw.xz | dd of=/dev/sda && sync", url), nil))
 	var out bytes.Buffer
 	must(t, remote.Run(ctx, "sfdisk --json /dev/sda; ls /dev", &out))
-	for _, want := range []string{`"label": "gpt"`, `"name": "STATE"`, "sda"} {
+	for _, want := range []string{`"label": "gpt"`, `"name": "META"`, "sda"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("rescue output lacks %q:\n%s", want, out.String())
 		}

@@ -77,7 +77,7 @@ func newRescueLogged(ctx context.Context, pool *rescue.Pool, id int64, log *slog
 // byte and pass the verification; a cut-short download must fail the script
 // after its attempts.
 func TestInstallOnRescueHost(t *testing.T) {
-	f := factory.New(factory.Options{Redirect: true}) // small default image
+	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
 	t.Cleanup(func() {
 		if err := f.Close(); err != nil {
 			t.Errorf("close factory: %v", err)
@@ -136,7 +136,7 @@ func TestInstallOnRescueHost(t *testing.T) {
 			if !slices.Contains(opts.MissingTools, "blkdiscard") {
 				opts.Dirty = true // old data inside the image's span and behind it
 			}
-			opts.Dir, opts.DiskSize, opts.BootDelay, opts.Port = t.TempDir(), 2*factory.DefaultImageSize, 10*time.Millisecond, rescuePort
+			opts.Dir, opts.DiskSize, opts.BootDelay, opts.Port = t.TempDir(), quickDiskSize(t), 10*time.Millisecond, rescuePort
 			pool := rescue.New(opts)
 			t.Cleanup(func() {
 				if err := pool.Close(); err != nil {
@@ -211,7 +211,7 @@ func TestInstallOnRescueHost(t *testing.T) {
 // A failed attempt is retried from an emptied disk: a connection cut in
 // the middle of the first download leaves no trace once the second succeeds.
 func TestInstallRetriesOnRescueHost(t *testing.T) {
-	f := factory.New(factory.Options{Redirect: true})
+	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
 	t.Cleanup(func() {
 		if err := f.Close(); err != nil {
 			t.Errorf("close factory: %v", err)
@@ -230,7 +230,7 @@ func TestInstallRetriesOnRescueHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := rescue.New(rescue.Options{Dir: t.TempDir(), DiskSize: 2 * factory.DefaultImageSize, Dirty: true,
+	pool := rescue.New(rescue.Options{Dir: t.TempDir(), DiskSize: quickDiskSize(t), Dirty: true,
 		BootDelay: 10 * time.Millisecond, Port: rescuePort})
 	t.Cleanup(func() {
 		if err := pool.Close(); err != nil {
@@ -459,3 +459,14 @@ func (s scripted) RunStdin(_ context.Context, cmd string, _ io.Reader, stdout io
 }
 
 func (scripted) Close() error { return nil }
+
+// quickDiskSize is a disk twice the size of the biggest quick image, so
+// that old data lies inside the image's span and behind it.
+func quickDiskSize(t *testing.T) int64 {
+	t.Helper()
+	_, size, err := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 2 * size
+}

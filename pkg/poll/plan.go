@@ -85,8 +85,8 @@ func (p Plan) Empty() bool {
 //     after the newer one), the highest version is rebuilt (Force) to be the
 //     most recent again;
 //   - Deferred: those left for a later poll (the cap, a factory that does
-//     not serve the image yet, a server being collected, another build of
-//     the same architecture and schematic running);
+//     not serve the image yet or is building it, a server being collected,
+//     another build of the same architecture and schematic running);
 //   - Redrives: build servers of ours whose lease key is absent or expired:
 //     no invocation carries their build on;
 //   - CollectServers and CollectKeys: build servers older than

@@ -12,8 +12,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
@@ -42,7 +44,17 @@ type Cloud interface {
 type Options struct {
 	Rules
 	Policy release.Policy
+	// AnonymousGitHub is set when no GitHub token is configured: every
+	// report then warns (AnonymousGitHubWarning).
+	AnonymousGitHub bool
 }
+
+// AnonymousGitHubWarning is the report's warning when GitHub is read
+// without a token. GitHub limits unauthenticated requests per originating
+// IP address ("Rate limits for the REST API", docs.github.com), and a Lambda
+// function outside a VPC has no IP address of its own.
+const AnonymousGitHubWarning = "GitHub is read without a token: 60 requests/hour per originating IP, " +
+	"shared with other AWS customers on Lambda's egress IPs; set GITHUB_TOKEN_SECRET"
 
 // OptionsFrom maps the configuration to poller options; schematics are the
 // resolved schematic IDs (build.Schematics).
@@ -51,7 +63,7 @@ func OptionsFrom(c config.Config, schematics []string) (Options, error) {
 	if err != nil {
 		return Options{}, fmt.Errorf("MIN_VERSION: %w", err)
 	}
-	return Options{Policy: p, Rules: Rules{
+	return Options{Policy: p, AnonymousGitHub: c.GitHubToken == "", Rules: Rules{
 		Architectures: c.Architectures, Schematics: schematics, Cluster: c.Cluster,
 		MaxBuilds: c.MaxBuildsPerPoll, ServerTTL: c.BuildServerTTL, KeepOthers: c.KeepOthers,
 	}}, nil
@@ -96,6 +108,9 @@ type Report struct {
 	GitHubRequests    int      `json:"github_requests"`
 	GitHubNotModified int      `json:"github_not_modified"`
 	Tracked           []string `json:"tracked"`
+	// Warnings are conditions that do not stop a poll but may make later
+	// ones fail, e.g. reading GitHub without a token.
+	Warnings []string `json:"warnings"`
 	Plan
 }
 
@@ -103,7 +118,11 @@ type Report struct {
 // is acted on. With dryRun it plans without acting. Failed actions are
 // recorded in the report and returned joined.
 func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
-	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}}
+	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}, Warnings: []string{}}
+	if p.opts.AnonymousGitHub {
+		p.log.Warn(AnonymousGitHubWarning)
+		rep.Warnings = append(rep.Warnings, AnonymousGitHubWarning)
+	}
 	listing, err := p.d.Releases.List(ctx, p.opts.Policy.Covered)
 	if err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
@@ -147,11 +166,16 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 	return rep, nil
 }
 
+// factoryChecks is how many targets a poll asks the image factory about at
+// once: each question can take the factory client's whole HEAD timeout.
+const factoryChecks = 8
+
 // unserved asks the factory about exactly the targets the plan would
-// start: it plans, asks about the builds it has not asked about yet, and
-// plans again with the unserved ones deferred, until the builds are all
-// served. A target the factory does not serve yet (new releases can 404 for
-// minutes) or cannot answer for is deferred, not failed.
+// start: it plans, asks about the builds it has not asked about yet (in
+// parallel), and plans again with the unserved ones deferred, until the
+// builds are all served. A target the factory does not serve yet (new
+// releases can 404 for minutes), is building (its first request starts a
+// build that takes minutes) or cannot answer for is deferred, not failed.
 func (p *Poller) unserved(ctx context.Context, st State) (map[build.Target]string, error) {
 	st.Unserved = map[build.Target]string{}
 	asked := map[build.Target]bool{}
@@ -165,20 +189,45 @@ func (p *Poller) unserved(ctx context.Context, st State) (map[build.Target]strin
 		if len(fresh) == 0 {
 			return st.Unserved, nil
 		}
-		for _, t := range fresh {
+		whys := make([]string, len(fresh))
+		slots := make(chan struct{}, factoryChecks)
+		var wg sync.WaitGroup
+		for i, t := range fresh {
 			asked[t] = true
-			_, err := p.d.Factory.Find(ctx, t.Schematic, t.Version, t.Arch)
-			switch {
-			case err == nil:
-			case ctx.Err() != nil:
-				return nil, ctx.Err()
-			case talos.IsNotAvailable(err):
-				st.Unserved[t] = "the image factory does not serve it yet"
-			default:
-				p.log.Warn("asking the image factory failed", "target", t.String(), "error", err)
-				st.Unserved[t] = "asking the image factory failed: " + err.Error()
+			wg.Go(func() {
+				slots <- struct{}{}
+				defer func() { <-slots }()
+				whys[i] = p.ask(ctx, t)
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		for i, t := range fresh {
+			if whys[i] != "" {
+				st.Unserved[t] = whys[i]
 			}
 		}
+	}
+}
+
+// ask asks the factory for the image of t and returns why t cannot be built
+// now, or "" if it can.
+func (p *Poller) ask(ctx context.Context, t build.Target) string {
+	_, err := p.d.Factory.Find(ctx, t.Schematic, t.Version, t.Arch)
+	var building *talos.BuildingError
+	switch {
+	case err == nil, ctx.Err() != nil:
+		return ""
+	case talos.IsNotAvailable(err):
+		return "the image factory does not serve it yet"
+	case errors.As(err, &building):
+		p.log.Info("the image factory is building an image", "target", t.String(), "waited", building.Waited)
+		return fmt.Sprintf("the image factory is building it (no answer within %s): deferred to the next poll", building.Waited)
+	default:
+		p.log.Warn("asking the image factory failed", "target", t.String(), "error", err)
+		return "asking the image factory failed: " + err.Error()
 	}
 }
 

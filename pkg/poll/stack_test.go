@@ -3,6 +3,7 @@ package poll_test
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -573,4 +574,99 @@ func newPublicKey(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return k.AuthorizedKey()
+}
+
+// TestPollDuringFirstFactoryBuild: the factory builds an image on the first
+// request for it and answers only then. A poll right after a release asks
+// for the new images, gives up after its HEAD timeout and defers them as
+// being built, creating nothing, well within its own time; once the factory
+// has built them, the next poll starts their builds.
+func TestPollDuringFirstFactoryBuild(t *testing.T) {
+	t.Parallel()
+	const buildDelay, headTimeout = 4 * time.Second, 300 * time.Millisecond
+	w := newWorld(t, stack.Options{FactoryBuildDelay: buildDelay}, nil)
+	w.factory.HeadTimeout = headTimeout
+	for _, v := range []string{"v1.12.8", "v1.13.9"} {
+		w.addOld(v, "amd64", time.Hour)
+		w.addOld(v, "arm64", time.Hour)
+	}
+	if quiet := w.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 {
+		t.Fatalf("poll before the release: %+v", quiet.Plan)
+	}
+
+	if err := w.st.Factory.SetAvailable("v1.13.10", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.st.GitHub.PublishRelease("v1.13.10"); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	mutations := w.mutations()
+	rep := w.poll(false)
+	if took := time.Since(released); took >= buildDelay/2 {
+		t.Errorf("the poll took %s; the factory's build takes %s", took, buildDelay)
+	}
+	check(t, "tracked", rep.Tracked, []string{"v1.13.10", "v1.12.8"})
+	check(t, "builds while the factory builds", targets(rep.Builds), []string{})
+	check(t, "deferred while the factory builds", targets(rep.Deferred), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
+	checkReasons(t, "deferred", rep.Deferred, "the image factory is building it (no answer within 300ms): deferred to the next poll")
+	if n := w.mutations() - mutations; n != 0 || len(w.rec.take()) != 0 {
+		t.Errorf("the poll made %d changing requests or invoked the Builder", n)
+	}
+	// asked in parallel: the second HEAD did not wait for the first to time
+	// out (the factory logs a request when it sees the client gone)
+	var heads []time.Time
+	for wait := time.Now(); len(heads) < 2 && time.Since(wait) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
+		heads = heads[:0]
+		for _, r := range w.st.Factory.Requests() {
+			if r.Method == http.MethodHead && strings.Contains(r.Path, "/v1.13.10/") {
+				heads = append(heads, r.Time)
+			}
+		}
+	}
+	if len(heads) != 2 {
+		t.Fatalf("%d HEADs of the new images, want 2 (zstd, per architecture)", len(heads))
+	}
+	if d := heads[0].Sub(heads[1]).Abs(); d >= headTimeout/2 {
+		t.Errorf("the HEADs started %s apart: one after the other", d)
+	}
+
+	// The factory finishes its builds: a patient client sees them.
+	patient := &talos.Factory{BaseURL: w.cfg.FactoryURL, HeadTimeout: time.Minute}
+	for _, arch := range []string{"amd64", "arm64"} {
+		if _, err := patient.Find(context.Background(), talos.QemuGuestAgentSchematic, "v1.13.10", arch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := w.poll(false)
+	check(t, "builds once the factory has built", targets(next.Builds), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
+	check(t, "deferred once the factory has built", targets(next.Deferred), []string{})
+	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
+}
+
+// TestAnonymousGitHubWarns: a report says when GitHub is read without a
+// token, and only then.
+func TestAnonymousGitHubWarns(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"anonymous", nil, []string{poll.AnonymousGitHubWarning}},
+		{"with a token", map[string]string{"GITHUB_TOKEN": "ghp_x"}, []string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, stack.Options{}, tc.env)
+			rep := w.poll(true)
+			check(t, "warnings", rep.Warnings, tc.want)
+			b, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), `"warnings":[`) {
+				t.Errorf("the report's JSON lacks the warnings: %s", b)
+			}
+		})
+	}
 }

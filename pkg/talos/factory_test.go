@@ -2,11 +2,14 @@ package talos
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 const schem = QemuGuestAgentSchematic
@@ -131,5 +134,82 @@ func TestSchematicID(t *testing.T) {
 				t.Errorf("id, err = %q, %v", id, err)
 			}
 		})
+	}
+}
+
+// slowFactory answers image requests only when release is closed (or the
+// client leaves), like the real factory building an image on a cache miss.
+func slowFactory(t *testing.T) (url string, release chan struct{}) {
+	t.Helper()
+	release = make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, `{"id":"`+schem+`"}`)
+	}))
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+		srv.Close()
+	})
+	return srv.URL, release
+}
+
+func TestFindWhileBuilding(t *testing.T) {
+	url, _ := slowFactory(t)
+	f := &Factory{BaseURL: url, HeadTimeout: 100 * time.Millisecond}
+	start := time.Now()
+	_, err := f.Find(context.Background(), schem, "v1.13.9", "amd64")
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Find took %s with a 100ms timeout", took)
+	}
+	var b *BuildingError
+	if !errors.As(err, &b) || !IsBuilding(err) || IsNotAvailable(err) {
+		t.Fatalf("err = %v, want a *BuildingError", err)
+	}
+	want := "the image factory is building talos v1.13.9 (hcloud-amd64.raw.zst, schematic " + schem +
+		"): no answer within 100ms; try again later"
+	if err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
+
+	// the caller's own cancellation is not a build
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := (&Factory{BaseURL: url}).Find(ctx, schem, "v1.13.9", "amd64"); IsBuilding(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("cancelled by the caller: err = %v", err)
+	}
+	// nor is a factory that cannot be reached
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	unreachable := &Factory{BaseURL: "http://" + ln.Addr().String(), HeadTimeout: time.Second}
+	if _, err := unreachable.Find(context.Background(), schem, "v1.13.9", "amd64"); err == nil || IsBuilding(err) {
+		t.Errorf("unreachable factory: err = %v", err)
+	}
+	if d := (&Factory{}).headTimeout(); d != DefaultHeadTimeout {
+		t.Errorf("default HEAD timeout %s", d)
+	}
+}
+
+func TestSchematicIDTimeout(t *testing.T) {
+	url, release := slowFactory(t)
+	f := &Factory{BaseURL: url, SchematicTimeout: 100 * time.Millisecond}
+	_, err := f.SchematicID(context.Background(), "customization: {}\n")
+	if err == nil || !strings.Contains(err.Error(), "no answer within 100ms") || IsBuilding(err) {
+		t.Errorf("err = %v, want a timeout", err)
+	}
+	close(release)
+	if id, err := f.SchematicID(context.Background(), "customization: {}\n"); err != nil || id != schem {
+		t.Errorf("answered: %q, %v", id, err)
 	}
 }
