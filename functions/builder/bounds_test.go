@@ -153,3 +153,19 @@ func (w *world) logged(s string) bool {
 	}
 	return false
 }
+
+// TestFactoryBuildsOnFirstRequest: the factory builds an image on its first
+// request and answers only then; a Builder asking first waits it out
+// (within its timeout) and builds.
+func TestFactoryBuildsOnFirstRequest(t *testing.T) {
+	w := newWorld(t, setup{stack: stack.Options{FactoryBuildDelay: 2 * time.Second}})
+	start := time.Now()
+	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	if ferr != "" || resp.Results[0].State != build.Done {
+		t.Fatalf("%+v %s", resp, ferr)
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("built in %s: the factory's build was not waited for", took)
+	}
+	w.checkDone(target("amd64"))
+}

@@ -653,3 +653,20 @@ func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
 		t.Errorf("calls %v", m)
 	}
 }
+
+// TestImageBeingBuiltIsRetried: the factory builds an image on its first
+// request and blocks meanwhile; a check that times out on it creates
+// nothing and asks Lambda to retry (a function error), not to fail for good.
+func TestImageBeingBuiltIsRetried(t *testing.T) {
+	fc := newFakeCloud()
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	b.factory = fakeFactory{building: map[string]bool{"v1.13.9": true}}
+	resp, err := b.Handle(context.Background(), Request{Version: "v1.13.9", Arch: "amd64"})
+	var retry *RetryError
+	if !errors.As(err, &retry) || resp.Results[0].State != InProgress || !strings.Contains(resp.Results[0].Error, "building") {
+		t.Fatalf("response %+v, error %v", resp, err)
+	}
+	if m := mutating(fc.callLog()); len(m) != 0 {
+		t.Errorf("mutating calls %v", m)
+	}
+}

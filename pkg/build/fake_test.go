@@ -336,9 +336,13 @@ func (f *fakeCloud) callLog() []string {
 }
 
 // fakeFactory serves every target whose version is in versions.
-type fakeFactory struct{ versions map[string]bool }
+// fakeFactory serves versions; those it is building time out.
+type fakeFactory struct{ versions, building map[string]bool }
 
 func (f fakeFactory) Find(_ context.Context, schematic, version, arch string) (talos.Image, error) {
+	if f.building[version] {
+		return talos.Image{}, &talos.BuildingError{Version: version, Arch: arch, Schematic: schematic, Compression: talos.Zstd, Waited: time.Second}
+	}
 	if !f.versions[version] {
 		return talos.Image{}, &talos.NotAvailableError{Version: version, Arch: arch, Schematic: schematic}
 	}

@@ -97,7 +97,11 @@ func (r *run) build(ctx context.Context) Result {
 			return r.res
 		}
 		// Nothing may be created for an image the factory does not serve.
-		if _, err := r.findImage(ctx); err != nil {
+		// One it is still building (its first request builds it, for up to
+		// ~20 minutes) is asked for again by Lambda's retry.
+		if _, err := r.findImage(ctx); talos.IsBuilding(err) {
+			return r.retryLater(ctx, StepCheck, err)
+		} else if err != nil {
 			return r.failed(ctx, StepCheck, err)
 		}
 	}
