@@ -60,7 +60,7 @@ func TestHetznerEndToEnd(t *testing.T) {
 	t.Cleanup(func() { teardown(t, check, selector) })
 
 	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
-	schematics, err := build.Schematics(ctx, cfg, factory)
+	schematics, err := build.NewSchematicSet(cfg, factory).Resolve(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,8 +31,8 @@ func run(ctx context.Context, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	deps := build.Deps{Cloud: s.Cloud, Factory: s.Factory, Logger: logger}
-	opts := build.OptionsFrom(s.Config, s.Schematics)
+	deps := build.Deps{Cloud: s.Cloud, Factory: s.Factory, Schematics: s.Schematics, Logger: logger}
+	opts := build.OptionsFrom(s.Config, s.Schematics.Configured())
 	if !function.InLambda() {
 		req, err := requestFromArgs(os.Args[1:], os.Stdin)
 		if err != nil {
@@ -49,6 +49,7 @@ func run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	deps.Continuer = invoke.Function{API: api, Name: os.Getenv("AWS_LAMBDA_FUNCTION_NAME")}
+	opts.Deployment = build.DeploymentID(os.Getenv("AWS_LAMBDA_FUNCTION_NAME"), os.Getenv("AWS_REGION"))
 	deps.Owner = func(ctx context.Context) string {
 		if lc, ok := lambdacontext.FromContext(ctx); ok {
 			return lc.AwsRequestID

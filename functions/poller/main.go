@@ -40,19 +40,23 @@ func run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	cfg := s.Config
-	opts, err := poll.OptionsFrom(cfg, s.Schematics)
+	opts, err := poll.OptionsFrom(cfg, s.Schematics.Configured())
 	if err != nil {
 		return err
 	}
+	// The deployment is named after its Builder, which the Builder knows
+	// as its own name.
+	opts.Deployment = build.DeploymentID(cfg.BuilderFunctionName, os.Getenv("AWS_REGION"))
 	releases, err := release.New(release.Options{BaseURL: cfg.GitHubAPIURL, Token: cfg.GitHubToken, Logger: logger})
 	if err != nil {
 		return err
 	}
 	deps := poll.Deps{
-		Releases: releases,
-		Cloud:    s.Cloud,
-		Factory:  s.Factory,
-		Logger:   logger,
+		Releases:   releases,
+		Cloud:      s.Cloud,
+		Factory:    s.Factory,
+		Schematics: s.Schematics,
+		Logger:     logger,
 	}
 	if inLambda || !*dryRun {
 		if cfg.BuilderFunctionName == "" {

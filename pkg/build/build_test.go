@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -23,25 +24,36 @@ var target = Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGues
 var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func TestName(t *testing.T) {
-	seen := map[string]Target{}
+	type build struct {
+		Target
+		cluster string
+	}
+	seen := map[string]build{}
 	for _, v := range []string{"v1.13.9", "v1.14.0-beta.1", "v1.14.0-beta-1", "v1.14.0-alpha.0",
 		"v10.200.3000-rc.1.very-long-prerelease-identifier.with.many.parts", "v0.0.0"} {
 		for _, a := range talos.Architectures {
 			for _, s := range []string{talos.VanillaSchematic, talos.QemuGuestAgentSchematic} {
-				tg := Target{Version: v, Arch: a, Schematic: s}
-				n := tg.Name()
-				if !hostnameRE.MatchString(n) || len(n) > 63 {
-					t.Errorf("%v: name %q is not an RFC 1123 hostname", tg, n)
+				for _, c := range []string{"", "prod", "staging", strings.Repeat("c", 63)} {
+					tg := Target{Version: v, Arch: a, Schematic: s}
+					n := tg.Name(c)
+					if !hostnameRE.MatchString(n) || len(n) > 63 {
+						t.Errorf("%v in %q: name %q is not an RFC 1123 hostname", tg, c, n)
+					}
+					if n != tg.Name(c) {
+						t.Errorf("%v in %q: name is not deterministic", tg, c)
+					}
+					if prev, ok := seen[n]; ok {
+						t.Errorf("%v and %v share the name %s", prev, build{tg, c}, n)
+					}
+					seen[n] = build{tg, c}
 				}
-				if n != tg.Name() {
-					t.Errorf("%v: name is not deterministic", tg)
-				}
-				if prev, ok := seen[n]; ok {
-					t.Errorf("%v and %v share the name %s", prev, tg, n)
-				}
-				seen[n] = tg
 			}
 		}
+	}
+	// Without a cluster, the name from before clusters were part of it:
+	// a build under way across an upgrade keeps its server.
+	if n := target.Name(""); n != "talos-amd64-v1-13-9-c0b4c7383a" {
+		t.Errorf("name without a cluster %s, want the one from before", n)
 	}
 }
 
@@ -110,7 +122,7 @@ func TestParseRequest(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || r != tt.want {
+		if err != nil || !reflect.DeepEqual(r, tt.want) {
 			t.Errorf("ParseRequest(%s) = %+v, %v", tt.payload, r, err)
 		}
 	}
@@ -315,9 +327,10 @@ func TestLease(t *testing.T) {
 			fc := newFakeCloud()
 			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
+			labels[labelRole] = roleLease
 			labels[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
 			labels[labelLeaseOwner] = "other"
-			key, _ := fc.CreateSSHKey(context.Background(), target.Name(), "ssh-ed25519 AAAA", labels)
+			key, _ := fc.CreateSSHKey(context.Background(), target.Name(""), "ssh-ed25519 AAAA", labels)
 			if tt.renewed {
 				stop := make(chan struct{})
 				defer close(stop)
@@ -433,7 +446,7 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 	c := got.Continuation
 	got.Continuation = nil
 	// The server was created: progress, so the next invocation is not idle.
-	if got != want || c == nil || c.Idle != 0 || c.Origin == "" || b.verify(cont.reqs[0]) != nil {
+	if !reflect.DeepEqual(got, want) || c == nil || c.Idle != 0 || c.Origin == "" || b.verify(cont.reqs[0]) != nil {
 		t.Errorf("continuation = %+v %+v", got, c)
 	}
 	if s, k, _ := fc.counts(); s != 1 || k != 0 {

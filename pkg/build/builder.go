@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
@@ -67,6 +68,11 @@ type Options struct {
 	Labels        map[string]string   // extra snapshot labels
 	ServerImage   string              // system image the server is created with; default debian-13
 	SSHPort       int                 // default 22
+
+	// Deployment is this deployment's DeploymentID: a build refuses to act
+	// while another deployment claims the cluster. Empty (a command-line
+	// run) checks nothing.
+	Deployment string
 
 	// A request may name only the Schematics above and versions from
 	// MinVersion (empty: any) on, prereleases only with Prereleases: what
@@ -130,6 +136,10 @@ type Builder struct {
 	owner    func(ctx context.Context) string
 	newKey   func() (*ssh.Key, error)
 	pollWait time.Duration
+	// resolver resolves the customization's schematic; resolved holds
+	// every schematic once it has.
+	resolver SchematicResolver
+	resolved atomic.Pointer[[]string]
 }
 
 // Deps are the builder's collaborators.
@@ -142,6 +152,9 @@ type Deps struct {
 	// Owner names the invocation in leases (Lambda's request id); default a
 	// random id per call.
 	Owner func(ctx context.Context) string
+	// Schematics resolves the schematics beyond Options.Schematics (those
+	// of SCHEMATIC_CUSTOMIZATION) when a request needs them; nil: none.
+	Schematics SchematicResolver
 }
 
 // New returns a Builder.
@@ -150,6 +163,7 @@ func New(d Deps, o Options) *Builder {
 	b := &Builder{
 		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, cont: d.Continuer, opts: o,
 		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: 250 * time.Millisecond,
+		resolver: d.Schematics,
 	}
 	if b.log == nil {
 		b.log = slog.Default()

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -38,6 +39,14 @@ func (b *Builder) mac(r Request) string {
 		r.Continuation.Origin, strconv.Itoa(r.Continuation.Idle)} {
 		m.Write([]byte(f))
 		m.Write([]byte{0})
+	}
+	// The queue, when there is one: a request without one is signed as
+	// before queues existed, so continuations in flight stay valid.
+	if len(r.Queue) > 0 {
+		fmt.Fprintf(m, "queue\x00%d\x00", len(r.Queue))
+		for _, q := range r.Queue {
+			fmt.Fprintf(m, "%s\x00%t\x00", q.Version, q.Force)
+		}
 	}
 	return hex.EncodeToString(m.Sum(nil))
 }

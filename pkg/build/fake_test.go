@@ -448,5 +448,5 @@ func testBuilder(fc *fakeCloud, remote *fakeRemote, cont Continuer, o Options) *
 }
 
 func cloudOpts(labels map[string]string) cloud.CreateServerOpts {
-	return cloud.CreateServerOpts{Name: target.Name(), ServerType: "cx23", Location: "fsn1", Image: "debian-12", Labels: labels}
+	return cloud.CreateServerOpts{Name: target.Name(""), ServerType: "cx23", Location: "fsn1", Image: "debian-12", Labels: labels}
 }

@@ -71,7 +71,7 @@ func (r *run) acquire(ctx context.Context) (*lease, context.Context, error) {
 	labels := r.t.targetLabels(b.opts.Cluster)
 	labels[labelRole] = roleLease
 	labels[labelLeaseOwner] = owner
-	name := r.t.Name()
+	name := r.name()
 	for range 2 {
 		labels[labelLeaseUntil] = strconv.FormatInt(b.now().Add(b.opts.LeaseTTL).Unix(), 10)
 		hk, err := b.cloud.CreateSSHKey(ctx, name, key.AuthorizedKey(), labels)
@@ -88,6 +88,9 @@ func (r *run) acquire(ctx context.Context) (*lease, context.Context, error) {
 		}
 		if cur == nil {
 			continue // released meanwhile
+		}
+		if !r.owned(cur.Labels, roleLease) {
+			return nil, ctx, &ForeignError{Kind: "SSH key", Name: cur.Name, Labels: cur.Labels, Target: r.t}
 		}
 		if cur.Fingerprint == key.Fingerprint() {
 			// Our own create went through but its reply was lost, and
@@ -130,7 +133,7 @@ func (r *run) awaitLease(ctx context.Context, held *leaseHeldError, next Step) (
 			return nil, ctx, ctx.Err()
 		case <-time.After(min(poll, max(time.Until(seen.Add(time.Second)), 0))):
 		}
-		cur, err := b.cloud.SSHKeyByName(ctx, r.t.Name())
+		cur, err := b.cloud.SSHKeyByName(ctx, r.name())
 		if err != nil {
 			return nil, ctx, err
 		}

@@ -21,26 +21,34 @@ import (
 // suffix; the Builder does not ask GitHub how the release is flagged.
 func (b *Builder) policyProblems(r Request) []string {
 	var p []string
-	if r.Schematic != "" && !slices.Contains(b.opts.Schematics, r.Schematic) {
+	if r.Schematic != "" && !slices.Contains(b.schematics(), r.Schematic) {
 		p = append(p, fmt.Sprintf("schematic: %s is not a configured schematic", r.Schematic))
 	}
-	v, err := talos.ParseVersion(r.Version)
+	p = append(p, b.versionProblems(r.Version)...)
+	if len(p) > 0 {
+		p = append(p, b.allowed())
+	}
+	return p
+}
+
+// versionProblems checks a version against MIN_VERSION and
+// TRACK_PRERELEASES.
+func (b *Builder) versionProblems(version string) []string {
+	var p []string
+	v, err := talos.ParseVersion(version)
 	if err != nil {
 		return append(p, fmt.Sprintf("version: %v", err))
 	}
 	if v.Prerelease() && !b.opts.Prereleases {
-		p = append(p, fmt.Sprintf("version: %s is a prerelease and prereleases are not tracked", r.Version))
+		p = append(p, fmt.Sprintf("version: %s is a prerelease and prereleases are not tracked", version))
 	}
 	if b.opts.MinVersion != "" {
 		switch min, err := talos.ParseVersion(b.opts.MinVersion); {
 		case err != nil:
 			p = append(p, fmt.Sprintf("MIN_VERSION: %v", err))
 		case v.Compare(min) < 0:
-			p = append(p, fmt.Sprintf("version: %s is below MIN_VERSION %s", r.Version, b.opts.MinVersion))
+			p = append(p, fmt.Sprintf("version: %s is below MIN_VERSION %s", version, b.opts.MinVersion))
 		}
-	}
-	if len(p) > 0 {
-		p = append(p, b.allowed())
 	}
 	return p
 }
@@ -56,5 +64,5 @@ func (b *Builder) allowed() string {
 		pre = "prereleases too (TRACK_PRERELEASES=true)"
 	}
 	return fmt.Sprintf("allowed: the configured schematics %s (SCHEMATIC_IDS, SCHEMATIC_CUSTOMIZATION), %s, %s",
-		strings.Join(b.opts.Schematics, ", "), versions, pre)
+		strings.Join(b.schematics(), ", "), versions, pre)
 }

@@ -24,6 +24,10 @@ type Request struct {
 	// of the target there are when the build starts, once the new one is
 	// available.
 	Force bool `json:"force,omitempty"`
+	// Queue lists the builds of the same architecture and schematic that
+	// follow this one, oldest first: when this target is done the Builder
+	// starts the first of them, with the rest as its queue (queue.go).
+	Queue []Next `json:"queue,omitempty"`
 	// Continuation is set by the Builder on the invocations it starts itself.
 	Continuation *Continuation `json:"continuation,omitempty"`
 }
@@ -64,7 +68,7 @@ func (b *Builder) Targets(r Request) ([]Target, error) {
 		}
 		arches = []string{r.Arch}
 	}
-	schematics := b.opts.Schematics
+	schematics := b.schematics()
 	if r.Schematic != "" {
 		schematics = []string{r.Schematic}
 	}
@@ -87,6 +91,9 @@ func (b *Builder) Targets(r Request) ([]Target, error) {
 	}
 	if len(problems) == 0 {
 		problems = b.policyProblems(r)
+	}
+	if len(problems) == 0 {
+		problems = b.queueProblems(r)
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("invalid request: %s", strings.Join(problems, "; "))
@@ -123,6 +130,8 @@ type Result struct {
 // Response is what the Builder returns.
 type Response struct {
 	Results []Result `json:"results"`
+	// Next is the build of the request's queue this invocation started.
+	Next *Next `json:"next,omitempty"`
 }
 
 // FailedError is returned when a target failed: Lambda reports it as a
@@ -160,13 +169,22 @@ func (e *RetryError) Error() string {
 }
 
 // Handle builds every target of the request side by side, each as far as
-// this invocation can. It returns *FailedError (with the response) when any
+// this invocation can, and starts the next build of its queue when its
+// target is done. It returns *FailedError (with the response) when any
 // target failed, else *RetryError when any is to be retried.
 func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
+	ctx = withInvocationStart(ctx, b.now())
 	if err := b.verify(r); err != nil {
 		return Response{}, err
 	}
-	return b.each(withInvocationStart(ctx, b.now()), r, b.Build)
+	if err := b.resolveSchematics(ctx, r); err != nil {
+		return Response{}, err
+	}
+	resp, err := b.each(ctx, r, b.Build)
+	if err != nil {
+		return resp, err
+	}
+	return b.handOn(ctx, r, resp)
 }
 
 // each runs build for every target of the request concurrently.

@@ -46,6 +46,9 @@ type run struct {
 	// invocations before this one that handed over without progress.
 	origin string
 	idle   int
+	// queue is the request's queue: it goes on with the build when it
+	// continues in a new invocation.
+	queue []Next
 	// replaces are the snapshots a forced build replaces: those available
 	// when it started, recorded in the build server's labels.
 	replaces []int64
@@ -65,8 +68,8 @@ type run struct {
 
 // Build drives one target as far as this invocation can.
 func (b *Builder) Build(ctx context.Context, t Target, req Request) Result {
-	r := &run{b: b, t: t, force: req.Force, log: b.log.With("target", t.String()),
-		res: Result{Target: t, Server: t.Name()}, started: invocationStart(ctx, b.now())}
+	r := &run{b: b, t: t, force: req.Force, queue: req.Queue, log: b.log.With("target", t.String()),
+		res: Result{Target: t, Server: t.Name(b.opts.Cluster)}, started: invocationStart(ctx, b.now())}
 	if c := req.Continuation; c != nil {
 		r.origin, r.idle = c.Origin, c.Idle
 	} else {
@@ -84,7 +87,7 @@ func (r *run) build(ctx context.Context) Result {
 	if whole := r.whole(ctx); whole < b.opts.InstallTimeout {
 		return r.failed(ctx, StepCheck, errTooShort(whole, StepInstall, b.opts.InstallTimeout))
 	}
-	srv, err := b.cloud.ServerByName(ctx, r.t.Name())
+	srv, err := r.lookup(ctx)
 	if err != nil {
 		return r.failed(ctx, StepCheck, err)
 	}
@@ -105,6 +108,11 @@ func (r *run) build(ctx context.Context) Result {
 			return r.failed(ctx, StepCheck, err)
 		}
 	}
+	if err := b.deployment().Check(ctx, b.cloud, b.now()); IsOtherDeployment(err) {
+		return r.failed(ctx, stepOf(srv), err)
+	} else if err != nil {
+		return r.retryLater(ctx, stepOf(srv), err)
+	}
 	var held *leaseHeldError
 	r.lease, ctx, err = r.acquire(ctx)
 	if errors.As(err, &held) {
@@ -115,13 +123,17 @@ func (r *run) build(ctx context.Context) Result {
 		r.log.InfoContext(ctx, "another invocation is building this target")
 		r.res.State, r.res.Step = InProgress, stepOf(srv)
 		return r.res
+	case isForeign(err):
+		return r.failed(ctx, stepOf(srv), err)
 	case err != nil:
 		return r.retryLater(ctx, stepOf(srv), err)
 	}
 	defer r.lease.release(ctx)
 	// Another invocation may have moved on before we took the lease, or
 	// even finished the build (or a duplicate of this request did).
-	if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil {
+	if srv, err = r.lookup(ctx); isForeign(err) {
+		return r.failed(ctx, StepCheck, err)
+	} else if err != nil {
 		return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 	}
 	if srv == nil {
@@ -196,7 +208,7 @@ func (r *run) runStep(ctx context.Context, step Step, log *slog.Logger) (Step, e
 	case StepCleanup:
 		return r.cleanup(ctx, log)
 	}
-	return "", fmt.Errorf("server %s carries unknown step %q", r.t.Name(), step)
+	return "", fmt.Errorf("server %s carries unknown step %q", r.name(), step)
 }
 
 // A step answered `locked` is run again after a pause, a few times, before
@@ -283,11 +295,11 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 	if r.lease != nil {
 		return true, nil // the lease key is ours
 	}
-	k, err := r.b.cloud.SSHKeyByName(ctx, r.t.Name())
+	k, err := r.b.cloud.SSHKeyByName(ctx, r.name())
 	if err != nil {
 		return false, err
 	}
-	if k != nil && k.Labels[label.Managed] == label.ManagedValue {
+	if k != nil && r.owned(k.Labels, roleLease) {
 		if !leaseExpired(k, r.b.now()) {
 			// Its holder is finishing up (or died moments ago): done once
 			// the lease is released or has expired.
@@ -396,7 +408,8 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 	if r.b.cont == nil {
 		return r.res
 	}
-	req := Request{Version: r.t.Version, Arch: r.t.Arch, Schematic: r.t.Schematic, Force: r.force, Continuation: r.res.next}
+	req := Request{Version: r.t.Version, Arch: r.t.Arch, Schematic: r.t.Schematic, Force: r.force, Queue: r.queue,
+		Continuation: r.res.next}
 	r.b.sign(&req)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -482,7 +495,7 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 			}
 			tried = true
 			srv, err := b.cloud.CreateServer(ctx, cloud.CreateServerOpts{
-				Name: r.t.Name(), ServerType: st.Name, Location: loc, Image: b.opts.ServerImage, Labels: labels,
+				Name: r.name(), ServerType: st.Name, Location: loc, Image: b.opts.ServerImage, Labels: labels,
 				// With a key Hetzner mails no root password.
 				SSHKeys: []*hcloud.SSHKey{r.lease.hkey},
 			})
@@ -493,9 +506,10 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 				r.res.ServerType, r.res.Location = st.Name, loc
 				return StepInstall, nil
 			case cloud.IsConflict(err):
-				// A retried create whose first try went through: adopt it.
-				if srv, err = b.cloud.ServerByName(ctx, r.t.Name()); err != nil || srv == nil {
-					return "", fmt.Errorf("adopt server %s: %w", r.t.Name(), err)
+				// A retried create whose first try went through: adopt it,
+				// if it is ours.
+				if srv, err = r.lookup(ctx); err != nil || srv == nil {
+					return "", fmt.Errorf("adopt server %s: %w", r.name(), err)
 				}
 				log.InfoContext(ctx, "server exists, adopting it", "server_id", srv.ID)
 				r.setServer(srv)
@@ -538,7 +552,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	log.InfoContext(ctx, "waiting for the rescue system", "addr", addr)
 	remote, err := b.dial(ctx, addr, r.lease.key, log)
 	if err != nil {
-		return "", fmt.Errorf("reach rescue system of %s: %w", r.t.Name(), err)
+		return "", fmt.Errorf("reach rescue system of %s: %w", r.name(), err)
 	}
 	defer remote.Close()
 	log.InfoContext(ctx, "writing image", "url", img.URL, "compression", img.Compression)
@@ -692,7 +706,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 func (r *run) retake(ctx context.Context, log *slog.Logger) (Step, error) {
 	n, _ := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts])
 	if n++; n >= maxSnapshotAttempts {
-		return "", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.t.Name(), n)
+		return "", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.name(), n)
 	}
 	log.WarnContext(ctx, "no snapshot of the server exists, taking it again", "attempt", n+1)
 	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, map[string]string{labelSnapshotAttempts: strconv.Itoa(n)})
@@ -725,7 +739,7 @@ func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *sl
 		}
 		r.discard(ctx, img, why, log)
 		return nil, fmt.Errorf("snapshot %d of %s failed: %s (status %q, %s old, SNAPSHOT_TIMEOUT %s)",
-			img.ID, r.t.Name(), why, img.Status, r.b.now().Sub(img.Created).Round(time.Second), r.b.opts.SnapshotTimeout)
+			img.ID, r.name(), why, img.Status, r.b.now().Sub(img.Created).Round(time.Second), r.b.opts.SnapshotTimeout)
 	}
 	switch {
 	case creating != nil:

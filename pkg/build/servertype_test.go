@@ -136,7 +136,7 @@ func TestServerIsCreatedWithTheLeaseKey(t *testing.T) {
 		t.Fatalf("creates = %+v", fc.creates)
 	}
 	c := fc.creates[0]
-	if len(c.SSHKeys) != 1 || c.SSHKeys[0].Name != target.Name() || c.SSHKeys[0].ID == 0 || c.Image != "ubuntu-24.04" {
+	if len(c.SSHKeys) != 1 || c.SSHKeys[0].Name != target.Name("") || c.SSHKeys[0].ID == 0 || c.Image != "ubuntu-24.04" {
 		t.Errorf("created with keys %+v, image %s; want the lease key and the configured image", c.SSHKeys, c.Image)
 	}
 }

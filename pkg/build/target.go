@@ -40,13 +40,22 @@ func (t Target) Validate() error {
 	return nil
 }
 
-// Name is the build server's name: an RFC 1123 hostname that is the same
-// for every invocation building this target, so a second creator meets
+// Name is the name of the target's build server and lease key in the
+// deployment of cluster: an RFC 1123 hostname that is the same for every
+// invocation building this target, so a second creator meets
 // uniqueness_error instead of making another server. The readable part can
 // collide (v1.14.0-beta.1 and v1.14.0-beta-1 both read v1-14-0-beta-1); the
-// hash of the whole target cannot.
-func (t Target) Name() string {
-	sum := sha256.Sum256([]byte(t.Version + "\x00" + t.Arch + "\x00" + t.Schematic))
+// hash of the whole target and the cluster cannot. Deployments of different
+// clusters in one project so never meet, let alone adopt, each other's
+// servers and leases; without a cluster the name is the one it was before
+// the cluster became part of it, so builds under way across an upgrade keep
+// their server.
+func (t Target) Name(cluster string) string {
+	id := t.Version + "\x00" + t.Arch + "\x00" + t.Schematic
+	if cluster != "" {
+		id += "\x00" + cluster
+	}
+	sum := sha256.Sum256([]byte(id))
 	readable := strings.NewReplacer(".", "-", "_", "-").Replace(strings.ToLower(t.Version))
 	// "talos-" + arch + "-" + version + "-" + 10 hex ≤ 63
 	if max := 63 - len("talos-") - len(t.Arch) - 2 - 10; len(readable) > max {

@@ -1,7 +1,7 @@
 // Package function is what the Builder and the Poller share around their
 // handlers: logging (Lambda's JSON logger in Lambda, JSON on stderr
 // outside), signals, and the configuration with its tokens read from their
-// secrets and its schematics resolved.
+// secrets.
 package function
 
 import (
@@ -45,15 +45,18 @@ func Main(run func(ctx context.Context, logger *slog.Logger) error) {
 
 // Setup is what both functions start from.
 type Setup struct {
-	Config     config.Config
-	Factory    *talos.Factory
-	Schematics []string // resolved: configured IDs plus the customization's
+	Config  config.Config
+	Factory *talos.Factory
+	// Schematics are the configured IDs plus the customization's, which
+	// is resolved when first needed: a factory that does not answer
+	// cannot keep a function from starting, or from cleaning up.
+	Schematics *build.SchematicSet
 	Cloud      *cloud.Client
 }
 
 // Load reads and validates the configuration, with the tokens from their
-// secrets, resolves the schematics and makes the Hetzner client. version
-// goes into the client's User-Agent.
+// secrets, and makes the Hetzner and factory clients; it asks neither.
+// version goes into the Hetzner client's User-Agent.
 func Load(ctx context.Context, version string) (Setup, error) {
 	secrets, err := secret.NewReader(ctx)
 	if err != nil {
@@ -64,12 +67,8 @@ func Load(ctx context.Context, version string) (Setup, error) {
 		return Setup{}, err
 	}
 	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
-	schematics, err := build.Schematics(ctx, cfg, factory)
-	if err != nil {
-		return Setup{}, err
-	}
 	return Setup{
-		Config: cfg, Factory: factory, Schematics: schematics,
+		Config: cfg, Factory: factory, Schematics: build.NewSchematicSet(cfg, factory),
 		Cloud: cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: version}),
 	}, nil
 }

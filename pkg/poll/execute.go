@@ -38,15 +38,24 @@ type Executor struct {
 
 var errNoBuilder = errors.New("no Builder function is configured (BUILDER_FUNCTION_NAME)")
 
-// Apply carries out the plan: first it collects expired servers and keys
-// (which frees their names), then prunes, then re-drives and starts builds.
-// It goes on past a failed action, records the error in the action's item
-// and returns all failures joined.
+// Apply carries out the whole plan: Cleanup, then Start.
 func (e Executor) Apply(ctx context.Context, p *Plan) error {
-	log := e.Logger
-	if log == nil {
-		log = slog.Default()
+	return errors.Join(e.Cleanup(ctx, p), e.Start(ctx, p))
+}
+
+func (e Executor) logger() *slog.Logger {
+	if e.Logger == nil {
+		return slog.Default()
 	}
+	return e.Logger
+}
+
+// Cleanup carries out what needs only the Hetzner listings: first it
+// collects expired servers and keys (which frees their names), then prunes,
+// then re-drives. It goes on past a failed action, records the error in
+// the action's item and returns all failures joined.
+func (e Executor) Cleanup(ctx context.Context, p *Plan) error {
+	log := e.logger()
 	var errs []error
 	del := func(kind string, items []Resource, do func(Resource) error) {
 		for i := range items {
@@ -69,24 +78,63 @@ func (e Executor) Apply(ctx context.Context, p *Plan) error {
 	del("snapshot", p.Prune, func(r Resource) error {
 		return e.Cloud.DeleteImage(ctx, &hcloud.Image{ID: r.ID, Description: r.Name})
 	})
-	invoke := func(kind string, items []Item) {
-		for i := range items {
-			it := &items[i]
-			err := errNoBuilder
-			if e.Builder != nil {
-				err = e.Builder.Invoke(ctx, build.Request{Version: it.Version, Arch: it.Arch, Schematic: it.Schematic, Force: it.Force})
-			}
-			if err != nil {
-				err = fmt.Errorf("%s %s: %w", kind, it.Target, err)
-				it.Error = err.Error()
-				errs = append(errs, err)
-				log.Error("invoking the Builder failed", "kind", kind, "target", it.Target.String(), "error", err)
-				continue
-			}
-			log.Info("Builder invoked", "kind", kind, "target", it.Target.String(), "reason", it.Reason)
+	for i := range p.Redrives {
+		it := &p.Redrives[i]
+		if err := e.invoke(ctx, "re-drive", build.Request{Version: it.Version, Arch: it.Arch, Schematic: it.Schematic},
+			it.Reason); err != nil {
+			it.Error = err.Error()
+			errs = append(errs, err)
 		}
 	}
-	invoke("re-drive", p.Redrives)
-	invoke("build", p.Builds)
 	return errors.Join(errs...)
+}
+
+// Start starts the planned builds: per architecture and schematic one
+// Builder invocation for the first, with the others as its queue, in the
+// order planned. A failed invocation fails the whole group's items.
+func (e Executor) Start(ctx context.Context, p *Plan) error {
+	var errs []error
+	var order []group
+	members := map[group][]int{}
+	for i, it := range p.Builds {
+		g := group{it.Arch, it.Schematic}
+		if members[g] == nil {
+			order = append(order, g)
+		}
+		members[g] = append(members[g], i)
+	}
+	for _, g := range order {
+		head := p.Builds[members[g][0]]
+		req := build.Request{Version: head.Version, Arch: head.Arch, Schematic: head.Schematic, Force: head.Force}
+		for _, i := range members[g][1:] {
+			req.Queue = append(req.Queue, build.Next{Version: p.Builds[i].Version, Force: p.Builds[i].Force})
+		}
+		if err := e.invoke(ctx, "build", req, head.Reason); err != nil {
+			errs = append(errs, err)
+			for _, i := range members[g] {
+				p.Builds[i].Error = err.Error()
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// invoke starts a Builder invocation of r.
+func (e Executor) invoke(ctx context.Context, kind string, r build.Request, reason string) error {
+	t := build.Target{Version: r.Version, Arch: r.Arch, Schematic: r.Schematic}
+	err := errNoBuilder
+	if e.Builder != nil {
+		err = e.Builder.Invoke(ctx, r)
+	}
+	if err != nil {
+		err = fmt.Errorf("%s %s: %w", kind, t, err)
+		e.logger().Error("invoking the Builder failed", "kind", kind, "target", t.String(), "error", err)
+		return err
+	}
+	queue := make([]string, 0, len(r.Queue))
+	for _, q := range r.Queue {
+		queue = append(queue, q.Version)
+	}
+	e.logger().Info("Builder invoked", "kind", kind, "target", t.String(), "queue", queue, "reason", reason)
+	return nil
 }

@@ -3,6 +3,7 @@ package poll
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -44,6 +45,10 @@ type Item struct {
 	build.Target
 	Force  bool   `json:"force,omitempty"`  // a rebuild that replaces the target's snapshot
 	Server string `json:"server,omitempty"` // a re-drive's build server
+	// After is the version of the build of the same architecture and
+	// schematic that this one follows: the Builder starts it when that one
+	// is done.
+	After  string `json:"after,omitempty"`
 	Reason string `json:"reason"`
 	Error  string `json:"error,omitempty"` // why carrying it out failed
 }
@@ -73,42 +78,37 @@ func (p Plan) Empty() bool {
 	return len(p.Builds)+len(p.Redrives)+len(p.CollectServers)+len(p.CollectKeys)+len(p.Prune) == 0
 }
 
-// NewPlan decides what a poll does. It is a pure function of its inputs:
+// NewPlan decides what a poll does. It is a pure function of its inputs.
+// It acts only on what carries the management label and the configured
+// cluster's label (ours), builds and prunes only the configured
+// architectures × schematics (its groups):
 //
 //   - Builds: tracked targets (version × architecture × schematic) with
 //     neither a snapshot (available or being created) nor a build server,
 //     at most Rules.MaxBuilds of them. Consumers pick the most recently
 //     created os=talos snapshot of an architecture, so that one must be the
-//     highest version: builds of one architecture and schematic run one at
-//     a time, oldest version first; and when a snapshot of a lower version
-//     is nevertheless the most recent (a patch of the older minor released
-//     after the newer one), the highest version is rebuilt (Force) to be the
-//     most recent again;
+//     highest tracked version: builds of one group run one at a time,
+//     oldest version first, the first of each group started by the poll
+//     and each of the others by the Builder when the one before it (After)
+//     is done; and when a snapshot of another version would nevertheless
+//     be the most recent (a patch of the older minor released after the
+//     newer one, an untracked version built last), the highest tracked
+//     version is rebuilt (Force) last, to be the most recent again;
 //   - Deferred: those left for a later poll (the cap, a factory that does
 //     not serve the image yet or is building it, a server being collected,
-//     another build of the same architecture and schematic running);
-//   - Redrives: build servers of ours whose lease key is absent or expired:
-//     no invocation carries their build on;
-//   - CollectServers and CollectKeys: build servers older than
-//     Rules.ServerTTL and lease keys as old whose lease is not held;
-//   - Prune: available managed snapshots beyond the retention policy.
+//     a build of the group under way, which carries its own queue on);
+//   - Redrives: build servers of ours, of a group we build, whose lease key
+//     is absent or expired: no invocation carries their build on;
+//   - CollectServers and CollectKeys: build servers of ours older than
+//     Rules.ServerTTL whose lease is not held, and lease keys as old whose
+//     lease is not held;
+//   - Prune: available snapshots of ours beyond the retention policy.
 func NewPlan(s State, r Rules) Plan {
 	p := Plan{Builds: []Item{}, Redrives: []Item{}, Deferred: []Item{},
 		CollectServers: []Resource{}, CollectKeys: []Resource{}, Prune: []Resource{}}
-	collected := map[int64]bool{}
-	for _, srv := range s.Servers {
-		if srv.Labels[label.Managed] != label.ManagedValue {
-			continue
-		}
-		if age := s.Now.Sub(srv.Created); age > r.ServerTTL {
-			collected[srv.ID] = true
-			p.CollectServers = append(p.CollectServers, Resource{ID: srv.ID, Name: srv.Name, Target: targetOf(srv.Labels),
-				Created: srv.Created, Reason: fmt.Sprintf("build server is %s old, past BUILD_SERVER_TTL %s", roundAge(age), r.ServerTTL)})
-		}
-	}
 	keys := map[string]*hcloud.SSHKey{}
 	for _, k := range s.Keys {
-		if k.Labels[label.Managed] != label.ManagedValue {
+		if !mine(k.Labels, r.Cluster) {
 			continue
 		}
 		keys[k.Name] = k
@@ -117,12 +117,28 @@ func NewPlan(s State, r Rules) Plan {
 				Created: k.Created, Reason: fmt.Sprintf("lease key is %s old, past BUILD_SERVER_TTL %s, and not held", roundAge(age), r.ServerTTL)})
 		}
 	}
+	collected := map[int64]bool{}
+	for _, srv := range s.Servers {
+		if !mine(srv.Labels, r.Cluster) {
+			continue
+		}
+		// A live lease means an invocation works on the server: it is
+		// never deleted under it.
+		if age := s.Now.Sub(srv.Created); age > r.ServerTTL && !leased(keys[srv.Name], s.Now) {
+			collected[srv.ID] = true
+			p.CollectServers = append(p.CollectServers, Resource{ID: srv.ID, Name: srv.Name, Target: targetOf(srv.Labels),
+				Created: srv.Created, Reason: fmt.Sprintf("build server is %s old, past BUILD_SERVER_TTL %s, and its lease is not held",
+					roundAge(age), r.ServerTTL)})
+		}
+	}
 	p.Redrives = redrives(s, r, keys, collected)
 
 	todo, deferred := missing(s, r, collected)
 	p.Deferred = append(p.Deferred, deferred...)
 	busy := building(s, r, collected)
-	for _, it := range append(todo, rebuilds(s, r)...) {
+	last := map[group]talos.Version{} // the version of each group's last planned build
+	queued := map[group]int{}
+	plan := func(it Item) {
 		g := group{it.Arch, it.Schematic}
 		switch why, unserved := s.Unserved[it.Target]; {
 		case unserved:
@@ -134,10 +150,23 @@ func NewPlan(s State, r Rules) Plan {
 		case len(p.Builds) >= r.MaxBuilds:
 			p.Deferred = append(p.Deferred, Item{Target: it.Target,
 				Reason: fmt.Sprintf("MAX_BUILDS_PER_POLL (%d) reached; a later poll starts it", r.MaxBuilds)})
+		case queued[g] > build.MaxQueue:
+			p.Deferred = append(p.Deferred, Item{Target: it.Target, Reason: fmt.Sprintf(
+				"a request queues at most %d builds behind its own; a later poll starts it", build.MaxQueue)})
 		default:
+			if v, ok := last[g]; ok {
+				it.After = v.String()
+			}
 			p.Builds = append(p.Builds, it)
-			busy[g] = true
+			last[g], _ = talos.ParseVersion(it.Version) // valid: a tracked version
+			queued[g]++
 		}
+	}
+	for _, it := range todo {
+		plan(it)
+	}
+	for _, it := range rebuilds(s, r, last) {
+		plan(it)
 	}
 	p.Prune = prune(s, r)
 	for _, l := range [][]Resource{p.CollectServers, p.CollectKeys, p.Prune} {
@@ -167,36 +196,65 @@ func building(s State, r Rules, collected map[int64]bool) map[group]bool {
 	return busy
 }
 
-// rebuilds returns, for each configured group whose most recently created
-// available snapshot is not of its highest version, a forced build of the
-// highest version.
-func rebuilds(s State, r Rules) []Item {
+// rebuilds returns, for each configured group whose most recent snapshot
+// will not be of its highest tracked version once the builds planned so
+// far (last: the version of each group's last one) are done, a forced
+// build of that version. Only tracked versions steer, and the stand-ins of
+// tracked targets not built yet (see prune), so that a patch released but
+// not built yet never has a lower line rebuilt over its predecessor. A
+// higher version that is not tracked (a prerelease built by hand or while
+// TRACK_PRERELEASES was on, a release withdrawn from GitHub) is neither
+// rebuilt nor kept for being the highest; retention prunes it like any
+// other.
+func rebuilds(s State, r Rules, last map[group]talos.Version) []Item {
+	tracked := map[string]bool{}
+	for _, v := range s.Tracked {
+		tracked[v.String()] = true
+	}
 	var out []Item
 	for _, sch := range r.Schematics {
 		for _, arch := range r.Architectures {
-			var highest, latest *snap
+			var g []snap
 			for _, img := range s.Snapshots {
 				t, ok := ours(img.Labels, r.Cluster)
 				if !ok || img.Status != hcloud.ImageStatusAvailable || t.Arch != arch || t.Schematic != sch {
 					continue
 				}
 				v, _ := talos.ParseVersion(t.Version) // valid: ours checked it
-				sn := &snap{img: img, t: t, v: v}
-				if highest == nil || v.Compare(highest.v) > 0 {
-					highest = sn
-				}
-				// Of two created in the same second (timestamps have
-				// seconds), the higher ID is the later, as in prune.
-				if latest == nil || cmp.Or(img.Created.Compare(latest.img.Created), cmp.Compare(img.ID, latest.img.ID)) > 0 {
-					latest = sn
-				}
+				g = append(g, snap{img: img, t: t, v: v})
 			}
-			if highest != nil && latest.v.Compare(highest.v) < 0 {
-				out = append(out, Item{Target: highest.t, Force: true, Reason: fmt.Sprintf(
-					"the most recent snapshot of %s/%s is %s, older than %s: rebuild %s so that consumers "+
-						"picking the most recent snapshot get the highest version", arch, sch[:8], latest.t.Version,
-					highest.t.Version, highest.t.Version)})
+			slices.SortFunc(g, func(a, b snap) int { return b.v.Compare(a.v) }) // highest first
+			steer := maps.Clone(tracked)
+			for _, v := range standIns(g, s.Tracked, tracked) {
+				steer[v] = true
 			}
+			i := slices.IndexFunc(g, func(sn snap) bool { return steer[sn.t.Version] })
+			if i < 0 {
+				continue
+			}
+			highest := g[i]
+			// Of two created in the same second (timestamps have seconds),
+			// the higher ID is the later, as in prune.
+			latest := slices.MaxFunc(g, func(a, b snap) int {
+				return cmp.Or(a.img.Created.Compare(b.img.Created), cmp.Compare(a.img.ID, b.img.ID))
+			})
+			is, then := "is", latest.v
+			if queued, ok := last[group{arch, sch}]; ok {
+				// Planned builds are of tracked versions without a snapshot,
+				// oldest first: the last one planned is built last, and is
+				// the highest tracked version if it is higher than highest.
+				is, then = "will be", queued
+			}
+			if then.Compare(highest.v) == 0 || (is == "will be" && then.Compare(highest.v) > 0) {
+				continue
+			}
+			what := "the highest tracked version " + highest.t.Version
+			if !tracked[highest.t.Version] {
+				what = highest.t.Version + ", which stands in for a tracked version of its line not built yet"
+			}
+			out = append(out, Item{Target: highest.t, Force: true, Reason: fmt.Sprintf(
+				"the most recent snapshot of %s/%s %s %s, not %s: rebuild %s so that consumers picking the most "+
+					"recent snapshot get it", arch, sch[:8], is, then, what, highest.t.Version)})
 		}
 	}
 	return out
@@ -223,7 +281,7 @@ func missing(s State, r Rules, collected map[int64]bool) ([]Item, []Item) {
 		if have[t] {
 			continue
 		}
-		if srv := servers[t.Name()]; srv != nil {
+		if srv := servers[t.Name(r.Cluster)]; srv != nil {
 			if collected[srv.ID] {
 				deferred = append(deferred, Item{Target: t, Server: srv.Name,
 					Reason: "its build server is past BUILD_SERVER_TTL and collected now; a later poll starts it again"})
@@ -252,12 +310,15 @@ func desired(tracked []talos.Version, r Rules) []build.Target {
 	return out
 }
 
-// redrives returns our build servers that no invocation works on.
+// redrives returns our build servers that no invocation works on, of the
+// groups we build: the Builder refuses a schematic or architecture no
+// longer configured, and such a server is collected after
+// BUILD_SERVER_TTL.
 func redrives(s State, r Rules, keys map[string]*hcloud.SSHKey, collected map[int64]bool) []Item {
 	out := []Item{}
 	for _, srv := range s.Servers {
 		t, ok := ours(srv.Labels, r.Cluster)
-		if !ok || collected[srv.ID] {
+		if !ok || collected[srv.ID] || !r.builds(t) {
 			continue
 		}
 		var why string
@@ -282,14 +343,16 @@ type snap struct {
 	v   talos.Version
 }
 
-// prune applies the retention policy per architecture and schematic: keep
-// the snapshots of tracked versions and of the KeepOthers newest other
-// versions. Whatever the policy says, it never deletes an unmanaged
-// snapshot, one still being created, the highest version or the most
-// recently created snapshot of an architecture and schematic (what
-// consumers pick), nor, while a tracked target has no snapshot yet, the
-// snapshot of its line it replaces. With nothing tracked it prunes nothing:
-// an empty release list is likelier a mistake than the truth.
+// prune applies the retention policy per architecture and schematic that
+// we build: keep the snapshots of tracked versions and of the KeepOthers
+// newest other versions. Whatever the policy says, it never deletes a
+// snapshot that is not ours, one still being created, one of a group we do
+// not build (another deployment's, or a schematic or architecture no
+// longer configured: its snapshots stay until deleted by hand) or the most
+// recently created snapshot of a group (what consumers pick), nor, while a
+// tracked target has no snapshot yet, the snapshot of its line it
+// replaces. With nothing tracked it prunes nothing: an empty release list
+// is likelier a mistake than the truth.
 func prune(s State, r Rules) []Resource {
 	out := []Resource{}
 	if len(s.Tracked) == 0 {
@@ -302,14 +365,14 @@ func prune(s State, r Rules) []Resource {
 	groups := map[[2]string][]snap{}
 	for _, img := range s.Snapshots {
 		t, ok := ours(img.Labels, r.Cluster)
-		if !ok || img.Status != hcloud.ImageStatusAvailable {
+		if !ok || img.Status != hcloud.ImageStatusAvailable || !r.builds(t) {
 			continue
 		}
 		v, _ := talos.ParseVersion(t.Version) // valid: ours checked it
 		k := [2]string{t.Arch, t.Schematic}
 		groups[k] = append(groups[k], snap{img: img, t: t, v: v})
 	}
-	for k, g := range groups {
+	for _, g := range groups {
 		// Highest version first, then most recently created.
 		slices.SortFunc(g, func(a, b snap) int {
 			return cmp.Or(b.v.Compare(a.v), b.img.Created.Compare(a.img.Created), cmp.Compare(b.img.ID, a.img.ID))
@@ -324,15 +387,14 @@ func prune(s State, r Rules) []Resource {
 		for _, v := range others[:min(len(others), r.KeepOthers)] {
 			keep[v] = true
 		}
-		for _, v := range standIns(g, s.Tracked, tracked, r, k) {
+		for _, v := range standIns(g, s.Tracked, tracked) {
 			keep[v] = true
 		}
-		newest := g[0].img.ID
 		latest := slices.MaxFunc(g, func(a, b snap) int {
 			return cmp.Or(a.img.Created.Compare(b.img.Created), cmp.Compare(a.img.ID, b.img.ID))
 		}).img.ID
 		for _, sn := range g {
-			if tracked[sn.t.Version] || keep[sn.t.Version] || sn.img.ID == newest || sn.img.ID == latest {
+			if tracked[sn.t.Version] || keep[sn.t.Version] || sn.img.ID == latest {
 				continue
 			}
 			t := sn.t
@@ -347,10 +409,7 @@ func prune(s State, r Rules) []Resource {
 // standIns returns, for each tracked target of the group without a
 // snapshot yet, the highest older version of its line that the group has:
 // consumers of the line use it until the new one is built.
-func standIns(g []snap, trackedVersions []talos.Version, tracked map[string]bool, r Rules, k [2]string) []string {
-	if !slices.Contains(r.Architectures, k[0]) || !slices.Contains(r.Schematics, k[1]) {
-		return nil
-	}
+func standIns(g []snap, trackedVersions []talos.Version, tracked map[string]bool) []string {
 	var out []string
 	for _, tv := range trackedVersions {
 		if slices.ContainsFunc(g, func(sn snap) bool { return sn.v.Compare(tv) == 0 }) {
@@ -369,10 +428,26 @@ func standIns(g []snap, trackedVersions []talos.Version, tracked map[string]bool
 // ours returns the target of a resource that carries our management label,
 // the configured cluster's label and a valid target.
 func ours(labels map[string]string, cluster string) (build.Target, bool) {
-	if labels[label.Managed] != label.ManagedValue || labels[label.Cluster] != cluster {
+	if !mine(labels, cluster) {
 		return build.Target{}, false
 	}
 	return build.TargetFromLabels(labels)
+}
+
+// mine tells whether a resource carries our management label and the
+// configured cluster's label (none when no cluster is configured).
+func mine(labels map[string]string, cluster string) bool {
+	return labels[label.Managed] == label.ManagedValue && labels[label.Cluster] == cluster
+}
+
+// leased tells whether lease key k (nil: none) is held at now.
+func leased(k *hcloud.SSHKey, now time.Time) bool {
+	return k != nil && build.LeaseActive(k.Labels, now)
+}
+
+// builds tells whether t is of a group the rules build.
+func (r Rules) builds(t build.Target) bool {
+	return slices.Contains(r.Architectures, t.Arch) && slices.Contains(r.Schematics, t.Schematic)
 }
 
 func targetOf(labels map[string]string) *build.Target {

@@ -108,19 +108,22 @@ func (w *world) snap(spec string, age time.Duration, opts ...string) int64 {
 // or "expired", and an optional key age (default: as old as the server).
 func (w *world) server(spec string, age time.Duration, lease string, cluster ...string) int64 {
 	tg := tgt(spec)
-	l := targetLabels(w.t, tg, strings.Join(cluster, ""))
+	c := strings.Join(cluster, "")
+	l := targetLabels(w.t, tg, c)
 	l[label.OwnPrefix+"role"] = "build-server"
-	srv := &hcloud.Server{ID: w.id(), Name: tg.Name(), Labels: l, Created: now.Add(-age)}
+	srv := &hcloud.Server{ID: w.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
 	w.state.Servers = append(w.state.Servers, srv)
 	if lease != "none" {
-		w.key(spec, age, lease == "active")
+		w.key(spec, age, lease == "active", cluster...)
 	}
 	return srv.ID
 }
 
-func (w *world) key(spec string, age time.Duration, active bool) int64 {
+// key adds a lease key created age ago, of an optional cluster.
+func (w *world) key(spec string, age time.Duration, active bool, cluster ...string) int64 {
 	tg := tgt(spec)
-	l := targetLabels(w.t, tg, "")
+	c := strings.Join(cluster, "")
+	l := targetLabels(w.t, tg, c)
 	l[label.OwnPrefix+"role"] = "lease"
 	until := now.Add(-time.Minute)
 	if active {
@@ -130,7 +133,7 @@ func (w *world) key(spec string, age time.Duration, active bool) int64 {
 	if build.LeaseActive(l, now) != active {
 		w.t.Fatalf("lease labels %v: active %v, want %v", l, !active, active)
 	}
-	k := &hcloud.SSHKey{ID: w.id(), Name: tg.Name(), Labels: l, Created: now.Add(-age)}
+	k := &hcloud.SSHKey{ID: w.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
 	w.state.Keys = append(w.state.Keys, k)
 	return k.ID
 }
@@ -174,12 +177,14 @@ func busy(specs ...string) map[string]string {
 func TestNewPlan(t *testing.T) {
 	type want struct {
 		builds, forced, deferred, redrives []string // forced: the builds with Force
+		after                              []string // of each build, when given
 		servers, keys, prune               []int64
 		why                                map[string]string // target → in the reason of its build or deferral
 	}
 	const capped = "MAX_BUILDS_PER_POLL (1) reached"
-	rebuild := func(arch, latest, highest string) string {
-		return fmt.Sprintf("the most recent snapshot of %s/%s is %s, older than %s: rebuild %s", arch, qga[:8], latest, highest, highest)
+	rebuild := func(arch, is, latest, highest string) string {
+		return fmt.Sprintf("the most recent snapshot of %s/%s %s %s, not the highest tracked version %s: rebuild %s",
+			arch, qga[:8], is, latest, highest, highest)
 	}
 	// olderLinePatch: v1.12.9 came out after v1.13.9 and was built last.
 	olderLinePatch := func(w *world) {
@@ -196,28 +201,26 @@ func TestNewPlan(t *testing.T) {
 		rules func(Rules) Rules
 		setup func(w *world) want
 	}{
-		{"a first poll builds the oldest version of each architecture and schematic, the others wait", nil, func(w *world) want {
-			why := busy("v1.13.9/amd64", "v1.13.9/arm64")
-			why["v1.12.8/amd64"] = "tracked version without a snapshot"
-			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64"}, deferred: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, why: why}
+		{"a first poll builds every version, one after the other per architecture and schematic, oldest first", nil, func(w *world) want {
+			why := map[string]string{"v1.12.8/amd64": "tracked version without a snapshot", "v1.13.9/arm64": "tracked version without a snapshot"}
+			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
+				after: []string{"", "", "v1.12.8", "v1.12.8"}, why: why}
 		}},
 		{"the next poll builds the next version", nil, func(w *world) want {
 			w.snap("v1.12.8/amd64", time.Hour)
 			w.snap("v1.12.8/arm64", time.Hour)
 			return want{builds: []string{"v1.13.9/amd64", "v1.13.9/arm64"}}
 		}},
-		{"the cap counts the builds of all groups", maxBuilds1, func(w *world) want {
-			why := busy("v1.13.9/amd64")
-			why["v1.12.8/arm64"], why["v1.13.9/arm64"] = capped, capped
+		{"the cap counts the builds of all groups, queued ones too", maxBuilds1, func(w *world) want {
+			why := map[string]string{"v1.12.8/arm64": capped, "v1.13.9/amd64": capped, "v1.13.9/arm64": capped}
 			return want{builds: []string{"v1.12.8/amd64"},
 				deferred: []string{"v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}, why: why}
 		}},
 		{"schematics times architectures are groups of their own", func(r Rules) Rules { r.Schematics = []string{qga, van}; r.MaxBuilds = 9; return r }, func(w *world) want {
 			w.snap("v1.12.8/amd64", time.Hour)
 			w.snap("v1.12.8/arm64", time.Hour)
-			return want{builds: []string{"v1.12.8/amd64/vanilla", "v1.12.8/arm64/vanilla", "v1.13.9/amd64", "v1.13.9/arm64"},
-				deferred: []string{"v1.13.9/amd64/vanilla", "v1.13.9/arm64/vanilla"},
-				why:      busy("v1.13.9/amd64/vanilla", "v1.13.9/arm64/vanilla")}
+			return want{builds: []string{"v1.12.8/amd64/vanilla", "v1.12.8/arm64/vanilla", "v1.13.9/amd64", "v1.13.9/arm64",
+				"v1.13.9/amd64/vanilla", "v1.13.9/arm64/vanilla"}, after: []string{"", "", "", "", "v1.12.8", "v1.12.8"}}
 		}},
 		{"nothing to do", nil, func(w *world) want {
 			w.snap("v1.12.8/amd64", 10*time.Hour)
@@ -233,7 +236,9 @@ func TestNewPlan(t *testing.T) {
 			w.snap("v1.13.9/arm64", time.Hour)
 			w.snap("v1.10.0/amd64", 900*time.Hour, "unmanaged")
 			w.snap("v1.10.0/amd64", 900*time.Hour, "cluster=prod")
-			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64"}}
+			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
+				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, after: []string{"", "", "v1.12.8", "v1.12.8"},
+				why: map[string]string{"v1.13.9/amd64": rebuild("amd64", "will be", "v1.12.8", "v1.13.9")}}
 		}},
 		{"running builds are left alone and hold their group", nil, func(w *world) want {
 			w.server("v1.12.8/amd64", 10*time.Minute, "active")
@@ -269,21 +274,44 @@ func TestNewPlan(t *testing.T) {
 			w.snap("v1.12.8/arm64", 10*time.Hour)
 			w.snap("v1.13.9/arm64", 9*time.Hour)
 			s1 := w.server("v1.13.9/amd64", 3*time.Hour, "none")
-			s2 := w.server("v1.11.6/amd64", 5*time.Hour, "none", "prod") // expired anywhere
 			k1 := w.key("v1.10.0/amd64", 3*time.Hour, false)
 			w.key("v1.10.1/amd64", 3*time.Hour, true) // someone holds it
 			w.key("v1.10.2/amd64", time.Hour, false)  // young
-			return want{builds: []string{"v1.12.8/amd64"}, servers: []int64{s1, s2}, keys: []int64{k1},
+			return want{builds: []string{"v1.12.8/amd64"}, servers: []int64{s1}, keys: []int64{k1},
 				deferred: []string{"v1.13.9/amd64"}, why: map[string]string{"v1.13.9/amd64": "collected now"}}
+		}},
+		{"an expired server whose lease is held is not collected, and holds its group", nil, func(w *world) want {
+			w.snap("v1.12.8/arm64", 10*time.Hour)
+			w.snap("v1.13.9/arm64", 9*time.Hour)
+			w.server("v1.12.8/amd64", 3*time.Hour, "active")
+			return want{deferred: []string{"v1.13.9/amd64"}, why: busy("v1.13.9/amd64")}
+		}},
+		{"another cluster's expired servers and keys are not collected, live lease or not", nil, func(w *world) want {
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 10*time.Hour)
+				w.snap("v1.13.9/"+a, 9*time.Hour)
+			}
+			w.server("v1.11.6/amd64", 5*time.Hour, "none", "staging")
+			w.server("v1.11.7/amd64", 5*time.Hour, "active", "staging")
+			w.key("v1.10.0/amd64", 3*time.Hour, false, "staging")
+			return want{}
+		}},
+		{"a build of a schematic no longer configured is not re-driven, but collected when it expires", nil, func(w *world) want {
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 10*time.Hour)
+				w.snap("v1.13.9/"+a, 9*time.Hour)
+			}
+			w.server("v1.13.9/amd64/vanilla", 10*time.Minute, "none")
+			s := w.server("v1.13.8/amd64/vanilla", 3*time.Hour, "none")
+			return want{servers: []int64{s}}
 		}},
 		{"targets the factory does not serve are deferred and hold neither a slot nor their group", func(r Rules) Rules { r.MaxBuilds = 2; return r }, func(w *world) want {
 			w.state.Unserved = map[build.Target]string{tgt("v1.12.8/amd64"): "not served yet"}
-			why := busy("v1.13.9/arm64")
-			why["v1.12.8/amd64"] = "not served yet"
+			why := map[string]string{"v1.13.9/arm64": "MAX_BUILDS_PER_POLL (2) reached", "v1.12.8/amd64": "not served yet"}
 			return want{builds: []string{"v1.12.8/arm64", "v1.13.9/amd64"},
 				deferred: []string{"v1.12.8/amd64", "v1.13.9/arm64"}, why: why}
 		}},
-		{"retention keeps tracked versions and two others per arch and schematic", nil, func(w *world) want {
+		{"retention keeps tracked versions and two others per arch and schematic it builds", nil, func(w *world) want {
 			for _, a := range []string{"amd64", "arm64"} {
 				w.snap("v1.12.8/"+a, 10*time.Hour)
 				w.snap("v1.13.9/"+a, 9*time.Hour)
@@ -294,11 +322,12 @@ func TestNewPlan(t *testing.T) {
 			p2 := w.snap("v1.11.6/amd64", 190*time.Hour)
 			p3 := w.snap("v1.11.6/amd64", 191*time.Hour) // a duplicate
 			w.snap("v1.11.6/arm64", 190*time.Hour)       // only other of arm64
+			// vanilla is not configured: not ours to prune
 			w.snap("v1.10.0/amd64/vanilla", 900*time.Hour)
 			w.snap("v1.9.0/amd64/vanilla", 990*time.Hour)
-			p4 := w.snap("v1.8.0/amd64/vanilla", 999*time.Hour)
+			w.snap("v1.8.0/amd64/vanilla", 999*time.Hour)
 			w.snap("v1.8.0/amd64/vanilla", 999*time.Hour, "creating")
-			return want{prune: []int64{p1, p2, p3, p4}}
+			return want{prune: []int64{p1, p2, p3}}
 		}},
 		{"a new patch keeps the snapshot it replaces until it is built", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
 			w.track("v1.12.9", "v1.13.9") // a patch of the older line: not the highest
@@ -309,7 +338,8 @@ func TestNewPlan(t *testing.T) {
 			w.snap("v1.12.9/arm64", time.Minute, "creating")
 			p1 := w.snap("v1.12.7/amd64", 100*time.Hour)
 			p2 := w.snap("v1.11.6/arm64", 110*time.Hour)
-			return want{builds: []string{"v1.12.9/amd64"}, prune: []int64{p1, p2}}
+			return want{builds: []string{"v1.12.9/amd64", "v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"},
+				after: []string{"", "v1.12.9"}, prune: []int64{p1, p2}}
 		}},
 		{"nothing tracked prunes nothing", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
 			w.track()
@@ -317,19 +347,66 @@ func TestNewPlan(t *testing.T) {
 			w.snap("v1.12.7/amd64", 200*time.Hour)
 			return want{}
 		}},
-		{"the highest and the latest snapshot survive any retention; the highest is rebuilt", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
+		{"only tracked versions steer: an untracked highest version is pruned, the highest tracked rebuilt, the latest kept", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
 			w.track("v1.12.8")
 			w.snap("v1.12.8/amd64", 10*time.Hour)
-			w.snap("v1.13.9/amd64", 20*time.Hour) // highest
-			w.snap("v1.11.2/amd64", time.Hour)    // latest
-			p := w.snap("v1.11.1/amd64", 30*time.Hour)
-			return want{builds: []string{"v1.12.8/arm64", "v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"}, prune: []int64{p},
-				why: map[string]string{"v1.13.9/amd64": rebuild("amd64", "v1.11.2", "v1.13.9")}}
+			p1 := w.snap("v1.13.9/amd64", 20*time.Hour) // highest, untracked (a release withdrawn)
+			w.snap("v1.11.2/amd64", time.Hour)          // latest
+			p2 := w.snap("v1.11.1/amd64", 30*time.Hour)
+			return want{builds: []string{"v1.12.8/arm64", "v1.12.8/amd64"}, forced: []string{"v1.12.8/amd64"}, prune: []int64{p1, p2},
+				why: map[string]string{"v1.12.8/amd64": rebuild("amd64", "is", "v1.11.2", "v1.12.8")}}
+		}},
+		{"an untracked prerelease built last, above the tracked versions: the highest tracked is rebuilt, the prerelease kept as another version", nil, func(w *world) want {
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 100*time.Hour)
+				w.snap("v1.13.9/"+a, 50*time.Hour)
+			}
+			w.snap("v1.14.0-alpha.1/amd64", time.Hour) // built by hand
+			return want{builds: []string{"v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"},
+				why: map[string]string{"v1.13.9/amd64": rebuild("amd64", "is", "v1.14.0-alpha.1", "v1.13.9")}}
+		}},
+		{"an untracked prerelease, not the latest, is neither rebuilt nor kept beyond retention", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 100*time.Hour)
+				w.snap("v1.13.9/"+a, 50*time.Hour)
+			}
+			p := w.snap("v1.14.0-alpha.1/amd64", 60*time.Hour) // built while TRACK_PRERELEASES was on
+			return want{prune: []int64{p}}
 		}},
 		{"an older line's patch built after the highest version: the highest is rebuilt", nil, func(w *world) want {
 			olderLinePatch(w)
 			return want{builds: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"},
-				why: map[string]string{"v1.13.9/arm64": rebuild("arm64", "v1.12.9", "v1.13.9")}}
+				why: map[string]string{"v1.13.9/arm64": rebuild("arm64", "is", "v1.12.9", "v1.13.9")}}
+		}},
+		{"a patch not served yet: its line's snapshot stands in for it and is not rebuilt over", nil, func(w *world) want {
+			w.track("v1.12.8", "v1.13.10")
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 2*time.Hour)
+				w.snap("v1.13.9/"+a, time.Hour)
+			}
+			w.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
+			return want{deferred: []string{"v1.13.10/amd64", "v1.13.10/arm64"}}
+		}},
+		{"a patch not served yet, the older line's built meanwhile: the stand-in is rebuilt after it", nil, func(w *world) want {
+			w.track("v1.12.9", "v1.13.10")
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 2*time.Hour)
+				w.snap("v1.13.9/"+a, time.Hour)
+			}
+			w.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
+			return want{builds: []string{"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
+				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, deferred: []string{"v1.13.10/amd64", "v1.13.10/arm64"},
+				why: map[string]string{"v1.13.9/amd64": "not v1.13.9, which stands in for a tracked version of its line not built yet"}}
+		}},
+		{"an older line's patch is built and the highest rebuilt after it, in one poll", nil, func(w *world) want {
+			w.track("v1.12.9", "v1.13.9")
+			for _, a := range []string{"amd64", "arm64"} {
+				w.snap("v1.12.8/"+a, 100*time.Hour)
+				w.snap("v1.13.9/"+a, 50*time.Hour)
+			}
+			return want{builds: []string{"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
+				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, after: []string{"", "", "v1.12.9", "v1.12.9"},
+				why: map[string]string{"v1.13.9/arm64": rebuild("arm64", "will be", "v1.12.9", "v1.13.9")}}
 		}},
 		{"rebuilds count against the cap", maxBuilds1, func(w *world) want {
 			olderLinePatch(w)
@@ -345,8 +422,7 @@ func TestNewPlan(t *testing.T) {
 		{"a missing version goes before a rebuild, which it makes needless", nil, func(w *world) want {
 			olderLinePatch(w)
 			w.track("v1.12.9", "v1.13.10")
-			return want{builds: []string{"v1.13.10/amd64", "v1.13.10/arm64"}, deferred: []string{"v1.13.9/amd64", "v1.13.9/arm64"},
-				why: busy("v1.13.9/amd64", "v1.13.9/arm64")}
+			return want{builds: []string{"v1.13.10/amd64", "v1.13.10/arm64"}}
 		}},
 		{"no rebuild when the most recent snapshot is the highest version", nil, func(w *world) want {
 			w.track("v1.12.9", "v1.13.9")
@@ -402,6 +478,15 @@ func TestNewPlan(t *testing.T) {
 					t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 				}
 			}
+			if wt.after != nil {
+				var after []string
+				for _, it := range p.Builds {
+					after = append(after, it.After)
+				}
+				if !slices.Equal(after, wt.after) {
+					t.Errorf("builds come after %q, want %q", after, wt.after)
+				}
+			}
 			items := slices.Concat(p.Builds, p.Deferred)
 			for spec, why := range wt.why {
 				i := slices.Index(specs(items), spec)
@@ -425,7 +510,7 @@ func TestNewPlan(t *testing.T) {
 			}
 			todo, _ := missing(w.state, r, nil)
 			var m []build.Target
-			for _, it := range append(todo, rebuilds(w.state, r)...) {
+			for _, it := range append(todo, rebuilds(w.state, r, lastPlanned(p))...) {
 				m = append(m, it.Target)
 			}
 			if m = slices.SortedStableFunc(slices.Values(m), compareTargets); !slices.Equal(m, candidatesOf(p)) {
@@ -433,6 +518,18 @@ func TestNewPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lastPlanned returns the version of each group's last planned build of a
+// missing target, after which rebuilds are planned.
+func lastPlanned(p Plan) map[group]talos.Version {
+	last := map[group]talos.Version{}
+	for _, it := range p.Builds {
+		if !it.Force {
+			last[group{it.Arch, it.Schematic}], _ = talos.ParseVersion(it.Version)
+		}
+	}
+	return last
 }
 
 func orEmpty[T any](s []T) []T {
@@ -532,6 +629,8 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 			fail("pruned snapshot %d of cluster %q", img.ID, img.Labels[label.Cluster])
 		case img.Status != hcloud.ImageStatusAvailable:
 			fail("pruned snapshot %d that is %s", img.ID, img.Status)
+		case !r.builds(t):
+			fail("pruned snapshot %d of %s/%s, which is not built here", img.ID, t.Arch, t.Schematic[:8])
 		case tracked[t.Version]:
 			fail("pruned snapshot %d of tracked %s", img.ID, t.Version)
 		}
@@ -542,16 +641,10 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 	}
 	for g, imgs := range all {
 		// Ties go to the higher ID, the later of two created in the same second.
-		highest := slices.MaxFunc(imgs, func(a, b *hcloud.Image) int {
-			return cmp.Or(version(a).Compare(version(b)), a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID))
-		})
 		latest := slices.MaxFunc(imgs, func(a, b *hcloud.Image) int {
 			return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID))
 		})
 		for _, img := range imgs {
-			if gone[img.ID] && img == highest {
-				fail("pruned %d, the newest of the highest version %s of %v", img.ID, version(img), g)
-			}
 			if gone[img.ID] && img == latest {
 				fail("pruned %d, the latest snapshot of %v", img.ID, g)
 			}
@@ -570,4 +663,142 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 			}
 		}
 	}
+}
+
+// TestPollsSteerByTrackedVersions runs polls an hour apart on random
+// projects, carrying each plan out as the executor and the Builder do
+// (prune, then each group's builds in the order planned, a forced build
+// replacing the target's snapshots there were), and checks what must hold
+// whatever the snapshots and the policy:
+//   - only tracked versions are rebuilt;
+//   - a poll whose cap left no build for later leaves the next poll no
+//     build: every tracked version is built within one poll cycle;
+//   - the polls come to rest (nothing built or pruned) within a bound, and
+//     at rest the most recent snapshot of every group built here is its
+//     highest tracked version, every tracked target has a snapshot, at
+//     most KeepOthers other versions are kept, and nothing that is not
+//     ours or of a group built here was touched.
+func TestPollsSteerByTrackedVersions(t *testing.T) {
+	pool := []string{"v1.11.5", "v1.12.7", "v1.12.8", "v1.12.9", "v1.13.8", "v1.13.9", "v1.13.10",
+		"v1.14.0-alpha.1", "v1.14.0-beta.0"}
+	for seed := range uint64(300) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		w := newWorld(t)
+		for _, i := range rng.Perm(len(pool))[:1+rng.IntN(3)] {
+			v, _ := talos.ParseVersion(pool[i])
+			w.state.Tracked = append(w.state.Tracked, v)
+		}
+		foreign := map[int64]bool{}
+		for range rng.IntN(16) {
+			spec := pool[rng.IntN(len(pool))] + "/" + []string{"amd64", "arm64"}[rng.IntN(2)]
+			var opts []string
+			switch rng.IntN(8) {
+			case 0:
+				spec += "/vanilla" // not configured
+			case 1:
+				opts = append(opts, "unmanaged")
+			case 2:
+				opts = append(opts, "cluster=prod")
+			}
+			id := w.snap(spec, time.Duration(1+rng.IntN(1000))*time.Hour, opts...)
+			if len(opts) > 0 || strings.HasSuffix(spec, "/vanilla") {
+				foreign[id] = true
+			}
+		}
+		r := base
+		r.KeepOthers, r.MaxBuilds = rng.IntN(3), 1+rng.IntN(6)
+		fail := func(format string, args ...any) { t.Errorf("seed %d: "+format, append([]any{seed}, args...)...) }
+		tracked := map[string]bool{}
+		for _, v := range w.state.Tracked {
+			tracked[v.String()] = true
+		}
+		targets := desired(w.state.Tracked, r)
+		rest, bound := false, len(targets)+len(r.Architectures)*len(r.Schematics)+2
+		for poll := 0; poll < bound && !rest; poll++ {
+			p := NewPlan(w.state, r)
+			capped := false
+			for _, it := range p.Deferred {
+				capped = capped || strings.Contains(it.Reason, "MAX_BUILDS_PER_POLL")
+			}
+			for _, it := range p.Builds {
+				if it.Force && !tracked[it.Version] {
+					fail("poll %d rebuilds %s, which is not tracked", poll, it.Target)
+				}
+			}
+			rest = len(p.Builds) == 0 && len(p.Prune) == 0
+			w.apply(p)
+			if !capped && len(p.Builds) > 0 {
+				if next := NewPlan(w.state, r); len(next.Builds) > 0 {
+					fail("poll %d left builds for the next poll: %v", poll, specs(next.Builds))
+				}
+			}
+		}
+		if !rest {
+			fail("no rest after %d polls", bound)
+			continue
+		}
+		for id := range foreign {
+			if !slices.ContainsFunc(w.state.Snapshots, func(img *hcloud.Image) bool { return img.ID == id }) {
+				fail("snapshot %d, not ours to prune, was deleted", id)
+			}
+		}
+		have := map[build.Target]bool{}
+		type group struct{ arch, schematic string }
+		latest := map[group]*hcloud.Image{}
+		others := map[group]map[string]bool{}
+		for _, img := range w.state.Snapshots {
+			tg, ok := ours(img.Labels, r.Cluster)
+			if !ok || !r.builds(tg) {
+				continue
+			}
+			have[tg] = true
+			g := group{tg.Arch, tg.Schematic}
+			if l := latest[g]; l == nil || cmp.Or(img.Created.Compare(l.Created), cmp.Compare(img.ID, l.ID)) > 0 {
+				latest[g] = img
+			}
+			if !tracked[tg.Version] {
+				if others[g] == nil {
+					others[g] = map[string]bool{}
+				}
+				others[g][tg.Version] = true
+			}
+		}
+		for _, tg := range targets {
+			if !have[tg] {
+				fail("at rest, tracked %s has no snapshot", tg)
+			}
+		}
+		highest := slices.MaxFunc(w.state.Tracked, talos.Version.Compare).String()
+		for g, img := range latest {
+			if v := img.Labels[label.TalosVersion]; v != highest {
+				fail("at rest, the most recent snapshot of %s/%s is %s, not the highest tracked version %s", g.arch, g.schematic[:8], v, highest)
+			}
+			if len(others[g]) > r.KeepOthers {
+				fail("at rest, %s/%s keeps %d other versions, RETENTION_KEEP_OTHERS is %d", g.arch, g.schematic[:8], len(others[g]), r.KeepOthers)
+			}
+		}
+	}
+}
+
+// apply carries plan p out on the world's snapshots, as the executor and
+// the Builder would, and moves the clock on by an hour.
+func (w *world) apply(p Plan) {
+	pruned := map[int64]bool{}
+	for _, r := range p.Prune {
+		pruned[r.ID] = true
+	}
+	w.state.Snapshots = slices.DeleteFunc(w.state.Snapshots, func(img *hcloud.Image) bool { return pruned[img.ID] })
+	for i, it := range p.Builds {
+		if it.Force {
+			w.state.Snapshots = slices.DeleteFunc(w.state.Snapshots, func(img *hcloud.Image) bool {
+				tg, ok := ours(img.Labels, "")
+				return ok && tg == it.Target
+			})
+		}
+		l := targetLabels(w.t, it.Target, "")
+		l[label.OS] = "talos"
+		w.state.Snapshots = append(w.state.Snapshots, &hcloud.Image{ID: w.id(), Type: hcloud.ImageTypeSnapshot,
+			Status: hcloud.ImageStatusAvailable, Labels: l, Created: w.state.Now.Add(time.Duration(i) * time.Second)})
+	}
+	w.state.Now = w.state.Now.Add(time.Hour)
 }

@@ -35,6 +35,7 @@ type Releases interface {
 // Cloud is what a poll needs of the Hetzner project; *cloud.Client.
 type Cloud interface {
 	Deleter
+	build.MarkerCloud
 	Servers(ctx context.Context, selector string) ([]*hcloud.Server, error)
 	Snapshots(ctx context.Context, selector string) ([]*hcloud.Image, error)
 	SSHKeys(ctx context.Context, selector string) ([]*hcloud.SSHKey, error)
@@ -47,6 +48,10 @@ type Options struct {
 	// AnonymousGitHub is set when no GitHub token is configured: every
 	// report then warns (AnonymousGitHubWarning).
 	AnonymousGitHub bool
+	// Deployment is this deployment's build.DeploymentID: a poll claims
+	// the cluster for it and refuses to act while another deployment owns
+	// it. Empty (a command-line dry run) claims and checks nothing.
+	Deployment string
 }
 
 // AnonymousGitHubWarning is the report's warning when GitHub is read
@@ -57,7 +62,7 @@ const AnonymousGitHubWarning = "GitHub is read without a token: 60 requests/hour
 	"shared with other AWS customers on Lambda's egress IPs; set GITHUB_TOKEN_SECRET"
 
 // OptionsFrom maps the configuration to poller options; schematics are the
-// resolved schematic IDs (build.Schematics).
+// schematic IDs known without the factory (build.SchematicSet.Configured).
 func OptionsFrom(c config.Config, schematics []string) (Options, error) {
 	p, err := release.NewPolicy(c.TrackMinors, c.TrackAllPatches, c.Prereleases, c.MinVersion)
 	if err != nil {
@@ -75,8 +80,11 @@ type Deps struct {
 	Cloud    Cloud
 	Factory  build.Factory // *talos.Factory
 	Builder  Invoker       // nil allows dry runs only
-	Logger   *slog.Logger
-	Now      func() time.Time // default time.Now
+	// Schematics resolves the schematics beyond Options.Schematics (those
+	// of SCHEMATIC_CUSTOMIZATION) at every poll; nil: none.
+	Schematics build.SchematicResolver
+	Logger     *slog.Logger
+	Now        func() time.Time // default time.Now
 }
 
 // Poller runs polls.
@@ -111,31 +119,56 @@ type Report struct {
 	// Warnings are conditions that do not stop a poll but may make later
 	// ones fail, e.g. reading GitHub without a token.
 	Warnings []string `json:"warnings"`
+	// Skipped says what the poll left undone because GitHub or the image
+	// factory failed, and why; what needs only the Hetzner project
+	// (collection, re-drives) is done whatever they answer.
+	Skipped []string `json:"skipped"`
 	Plan
 }
 
-// Run polls once. Listing or reading failures end the poll before anything
-// is acted on. With dryRun it plans without acting. Failed actions are
-// recorded in the report and returned joined.
+// Run polls once. It claims the cluster for this deployment and lists the
+// project's snapshots, build servers and lease keys; failing any of that,
+// it does nothing. Collection and re-drives need nothing else and are done
+// at once, whatever GitHub and the image factory answer: a release list
+// GitHub fails to give skips the builds and pruning (both need to know the
+// tracked versions), a customization the factory cannot resolve skips the
+// builds, re-drives and pruning of its schematic, and an image it does not
+// serve defers its build. With dryRun it plans without acting. What was
+// skipped is in the report; failed actions are recorded there and returned
+// joined, and so is GitHub's failure, so that a poll that built nothing
+// for that reason counts as failed (PollerStaleAlarm).
 func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
-	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}, Warnings: []string{}}
+	rep := Report{DryRun: dryRun, SkippedTags: []string{}, Tracked: []string{}, Warnings: []string{}, Skipped: []string{}}
 	if p.opts.AnonymousGitHub {
 		p.log.Warn(AnonymousGitHubWarning)
 		rep.Warnings = append(rep.Warnings, AnonymousGitHubWarning)
 	}
-	listing, err := p.d.Releases.List(ctx, p.opts.Policy.Covered)
-	if err != nil {
+	d := build.Deployment{Cluster: p.opts.Cluster, ID: p.opts.Deployment}
+	claim := d.Claim
+	if dryRun {
+		claim = d.Check
+	}
+	if err := claim(ctx, p.d.Cloud, p.d.Now()); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	rep.ReleasesSeen, rep.GitHubRequests, rep.GitHubNotModified = len(listing.Releases), listing.Requests, listing.NotModified
-	rep.SkippedTags = append(rep.SkippedTags, listing.Skipped...)
+	var errs []error
 	st := State{Now: p.d.Now()}
-	for _, r := range p.opts.Policy.Track(listing.Releases) {
-		st.Tracked = append(st.Tracked, r.Version)
-		rep.Tracked = append(rep.Tracked, r.Version.String())
-	}
-	if len(st.Tracked) == 0 {
-		p.log.Warn("no release is tracked: nothing is built or pruned", "releases_seen", rep.ReleasesSeen)
+	listing, err := p.d.Releases.List(ctx, p.opts.Policy.Covered)
+	if err != nil {
+		err = fmt.Errorf("list releases: %w", err)
+		errs = append(errs, err)
+		p.log.Error("listing the releases failed: no builds and no pruning; collection and re-drives go on", "error", err)
+		rep.Skipped = append(rep.Skipped, "builds and pruning: the tracked versions are unknown: "+err.Error())
+	} else {
+		rep.ReleasesSeen, rep.GitHubRequests, rep.GitHubNotModified = len(listing.Releases), listing.Requests, listing.NotModified
+		rep.SkippedTags = append(rep.SkippedTags, listing.Skipped...)
+		for _, r := range p.opts.Policy.Track(listing.Releases) {
+			st.Tracked = append(st.Tracked, r.Version)
+			rep.Tracked = append(rep.Tracked, r.Version.String())
+		}
+		if len(st.Tracked) == 0 {
+			p.log.Warn("no release is tracked: nothing is built or pruned", "releases_seen", rep.ReleasesSeen)
+		}
 	}
 	if st.Snapshots, err = p.d.Cloud.Snapshots(ctx, snapshotSelector(p.opts.Cluster)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
@@ -146,17 +179,40 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, build.LeaseSelector()); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	if st.Unserved, err = p.unserved(ctx, st); err != nil {
-		return rep, fmt.Errorf("poll: nothing done: %w", err)
+	rules := p.opts.Rules
+	if p.d.Schematics != nil {
+		// On failure, the configured schematics: the customization's is
+		// neither built, re-driven nor pruned this time.
+		if rules.Schematics, err = p.d.Schematics.Resolve(ctx); err != nil {
+			p.log.Warn("the customization's schematic is unknown: its builds, re-drives and pruning wait", "error", err)
+			rep.Skipped = append(rep.Skipped, "builds, re-drives and pruning of the customization's schematic: "+err.Error())
+		}
 	}
-	rep.Plan = NewPlan(st, p.opts.Rules)
+	// Collection, pruning and re-drives do not depend on the factory's
+	// answers: they are final now.
+	rep.Plan = NewPlan(st, rules)
+	exec := Executor{Cloud: p.d.Cloud, Builder: p.d.Builder, Logger: p.log}
+	if !dryRun {
+		errs = append(errs, exec.Cleanup(ctx, &rep.Plan))
+	}
+	if st.Unserved, err = p.unserved(ctx, st, rules); err != nil {
+		errs = append(errs, fmt.Errorf("ask the image factory: %w", err))
+		rep.Skipped = append(rep.Skipped, "builds: the image factory was not asked in time: "+err.Error())
+		for _, it := range rep.Builds {
+			rep.Deferred = append(rep.Deferred, Item{Target: it.Target, Reason: "the image factory was not asked in time"})
+		}
+		rep.Builds = []Item{}
+	} else {
+		full := NewPlan(st, rules)
+		rep.Builds, rep.Deferred = full.Builds, full.Deferred
+	}
 	p.log.Info("poll planned", "dry_run", dryRun, "tracked", rep.Tracked, "builds", len(rep.Builds),
 		"redrives", len(rep.Redrives), "deferred", len(rep.Deferred), "collect_servers", len(rep.CollectServers),
-		"collect_keys", len(rep.CollectKeys), "prune", len(rep.Prune))
-	if dryRun {
-		return rep, nil
+		"collect_keys", len(rep.CollectKeys), "prune", len(rep.Prune), "skipped", rep.Skipped)
+	if !dryRun {
+		errs = append(errs, exec.Start(ctx, &rep.Plan))
 	}
-	err = Executor{Cloud: p.d.Cloud, Builder: p.d.Builder, Logger: p.log}.Apply(ctx, &rep.Plan)
+	err = errors.Join(errs...)
 	// Lambda returns only the error of a failed invocation: the log keeps
 	// the report.
 	p.log.Info("poll finished", "failed", err != nil, "report", rep)
@@ -176,12 +232,12 @@ const factoryChecks = 8
 // builds are all served. A target the factory does not serve yet (new
 // releases can 404 for minutes), is building (its first request starts a
 // build that takes minutes) or cannot answer for is deferred, not failed.
-func (p *Poller) unserved(ctx context.Context, st State) (map[build.Target]string, error) {
+func (p *Poller) unserved(ctx context.Context, st State, rules Rules) (map[build.Target]string, error) {
 	st.Unserved = map[build.Target]string{}
 	asked := map[build.Target]bool{}
 	for {
 		var fresh []build.Target
-		for _, it := range NewPlan(st, p.opts.Rules).Builds {
+		for _, it := range NewPlan(st, rules).Builds {
 			if !asked[it.Target] {
 				fresh = append(fresh, it.Target)
 			}

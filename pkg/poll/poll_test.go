@@ -66,7 +66,7 @@ func TestUnservedAsksInParallel(t *testing.T) {
 		Architectures: []string{"amd64", "arm64"}, Schematics: schematics, MaxBuilds: 100, ServerTTL: time.Hour,
 	}})
 	w := newWorld(t, "v1.13.9")
-	unserved, err := p.unserved(context.Background(), w.state)
+	unserved, err := p.unserved(context.Background(), w.state, p.opts.Rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestUnservedAsksInParallel(t *testing.T) {
 	// a poll that runs out of time ends with its context's error
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := p.unserved(ctx, w.state); !errors.Is(err, context.Canceled) {
+	if _, err := p.unserved(ctx, w.state, p.opts.Rules); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: err = %v", err)
 	}
 }

@@ -52,19 +52,25 @@ func (r *recorder) take() []build.Request {
 	return out
 }
 
-// world is the local stack with the real clients pointed at it.
+// world is a deployment on the local stack: the real clients pointed at
+// it, a Poller whose Builder invocations are recorded, and a Builder.
 type world struct {
-	t        *testing.T
-	st       *stack.Stack
-	cfg      config.Config
-	cloud    *cloud.Client
-	factory  *talos.Factory
-	releases *release.Lister
-	rec      *recorder
-	builder  *build.Builder
-	now      func() time.Time
-	log      *slog.Logger
+	t          *testing.T
+	st         *stack.Stack
+	cfg        config.Config
+	deployment string
+	cloud      *cloud.Client
+	factory    *talos.Factory
+	schematics *build.SchematicSet
+	releases   *release.Lister
+	rec        *recorder
+	builder    *build.Builder
+	now        func() time.Time
+	log        *slog.Logger
 }
+
+// localDeployment is the deployment of newWorld.
+const localDeployment = "local.hcloud-k8s-builder"
 
 func newWorld(t *testing.T, so stack.Options, env map[string]string) *world {
 	t.Helper()
@@ -73,6 +79,13 @@ func newWorld(t *testing.T, so stack.Options, env map[string]string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return attach(t, st, localDeployment, env)
+}
+
+// attach deploys a deployment named id (a build.DeploymentID) with the
+// stack's environment and env on an existing stack.
+func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *world {
+	t.Helper()
 	m := st.Env()
 	m["INSTALL_TIMEOUT"], m["STEP_TIMEOUT"], m["SNAPSHOT_WAIT"], m["LEASE_TTL"] = "20s", "2s", "5s", "10s"
 	for k, v := range env {
@@ -82,31 +95,41 @@ func newWorld(t *testing.T, so stack.Options, env map[string]string) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, st: st, cfg: cfg, rec: &recorder{}, now: time.Now,
+	w := &world{t: t, st: st, cfg: cfg, deployment: id, rec: &recorder{}, now: time.Now,
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		factory: &talos.Factory{BaseURL: cfg.FactoryURL},
 		cloud: cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint,
 			PollInterval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond}),
 	}
+	w.schematics = build.NewSchematicSet(cfg, w.factory)
 	if w.releases, err = release.New(release.Options{BaseURL: cfg.GitHubAPIURL, Token: cfg.GitHubToken, Logger: w.log}); err != nil {
 		t.Fatal(err)
 	}
-	w.builder = build.New(build.Deps{Cloud: w.cloud, Factory: w.factory, Logger: w.log},
-		build.OptionsFrom(cfg, cfg.Schematics()))
+	opts := build.OptionsFrom(cfg, w.schematics.Configured())
+	opts.Deployment = id
+	w.builder = build.New(build.Deps{Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics, Logger: w.log}, opts)
 	return w
 }
 
-func (w *world) poll(dryRun bool) poll.Report {
+// run polls once.
+func (w *world) run(dryRun bool) (poll.Report, error) {
 	w.t.Helper()
-	opts, err := poll.OptionsFrom(w.cfg, w.cfg.Schematics())
+	opts, err := poll.OptionsFrom(w.cfg, w.schematics.Configured())
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	p := poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Builder: w.rec,
-		Logger: w.log, Now: w.now}, opts)
+	opts.Deployment = w.deployment
+	p := poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics,
+		Builder: w.rec, Logger: w.log, Now: w.now}, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rep, err := p.Run(ctx, dryRun)
+	return p.Run(ctx, dryRun)
+}
+
+// poll polls once, successfully.
+func (w *world) poll(dryRun bool) poll.Report {
+	w.t.Helper()
+	rep, err := w.run(dryRun)
 	if err != nil {
 		w.t.Fatalf("poll: %v", err)
 	}
@@ -181,6 +204,8 @@ func targets(items []poll.Item) []string {
 	return out
 }
 
+// requests renders Builder payloads as version/arch[/force], followed by
+// " > version[/force]" for each build of the queue.
 func requests(reqs []build.Request) []string {
 	out := []string{}
 	for _, r := range reqs {
@@ -191,9 +216,26 @@ func requests(reqs []build.Request) []string {
 		if r.Force {
 			s += "/force"
 		}
+		for _, q := range r.Queue {
+			s += " > " + q.Version
+			if q.Force {
+				s += "/force"
+			}
+		}
 		out = append(out, s)
 	}
 	return out
+}
+
+// leftovers returns the servers and SSH keys in the project but for the
+// deployment markers.
+func (w *world) leftovers() (servers []hetzner.Server, keys []hetzner.SSHKey) {
+	for _, k := range w.st.Cloud.SSHKeys() {
+		if k.Labels[label.OwnPrefix+"role"] != "deployment" {
+			keys = append(keys, k)
+		}
+	}
+	return w.st.Cloud.Servers(), keys
 }
 
 func check(t *testing.T, what string, got, want any) {
@@ -252,23 +294,25 @@ func (w *world) addOld(version, arch string, age time.Duration) {
 // TestLifecycle follows a deployment through releases, with builds run for
 // real against the stack; a snapshot made by someone else survives it all.
 // Builds of one architecture and schematic run one at a time, oldest
-// version first: over a realistic release history the first poll builds the
-// older tracked line, the second the newer one, the third starts nothing.
-// A patch of the older line, built after the newer line, makes the next
-// poll rebuild the newer line's snapshots so that they are the most recent
-// again. A patch of the newer line is built, with a prune of what fell out
-// of retention.
+// version first, each started by the one before it: over a realistic
+// release history the first poll builds both tracked lines, the older one
+// first, and the second poll starts nothing. A patch of the older line,
+// built after the newer line, is followed in the same poll by a rebuild of
+// the newer line's snapshots, so that they are the most recent again. A
+// patch of the newer line is built, with a prune of what fell out of
+// retention.
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, stack.Options{}, nil)
 	unmanaged := w.addUnmanaged("v1.13.9")
 	older := []string{"v1.12.8/amd64", "v1.12.8/arm64"}
 	newer := []string{"v1.13.9/amd64", "v1.13.9/arm64"}
+	both := slices.Concat(older, newer)
+	queued := []string{"v1.12.8/amd64 > v1.13.9", "v1.12.8/arm64 > v1.13.9"}
 
 	dry := w.poll(true)
-	check(t, "dry run builds", targets(dry.Builds), older)
-	check(t, "dry run deferred", targets(dry.Deferred), newer)
-	checkReasons(t, "dry run deferred", dry.Deferred, oneAtATime)
+	check(t, "dry run builds", targets(dry.Builds), both)
+	check(t, "dry run deferred", targets(dry.Deferred), []string{})
 	check(t, "dry run tracked", dry.Tracked, []string{"v1.13.9", "v1.12.8"})
 	check(t, "dry run skipped tags", dry.SkippedTags, []string{"v1.9"})
 	if n := w.mutations(); n != 0 || len(w.rec.take()) != 0 {
@@ -276,26 +320,20 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	first := w.poll(false)
-	check(t, "first poll builds", targets(first.Builds), older)
-	check(t, "first poll deferred", targets(first.Deferred), newer)
+	check(t, "first poll builds", targets(first.Builds), both)
+	check(t, "first poll deferred", targets(first.Deferred), []string{})
 	reqs := w.rec.take()
-	check(t, "first Builder payloads", requests(reqs), older)
+	check(t, "first Builder payloads", requests(reqs), queued)
 	w.build(reqs)
-	check(t, "snapshots after the first builds", w.snapshots(), older)
+	check(t, "snapshots after the first builds", w.snapshots(), both)
+	check(t, "most recent snapshots after the first builds", []string{w.mostRecent("amd64"), w.mostRecent("arm64")},
+		[]string{"v1.13.9", "v1.13.9"})
 
 	second := w.poll(false)
-	check(t, "second poll builds", targets(second.Builds), newer)
-	check(t, "second poll deferred", targets(second.Deferred), []string{})
-	reqs = w.rec.take()
-	check(t, "second Builder payloads", requests(reqs), newer)
-	w.build(reqs)
-	check(t, "snapshots after the second builds", w.snapshots(), slices.Concat(older, newer))
-
-	third := w.poll(false)
-	if !third.Empty() || len(third.Deferred) != 0 || len(w.rec.take()) != 0 {
-		t.Errorf("third poll did something: %+v", third.Plan)
+	if !second.Empty() || len(second.Deferred) != 0 || len(w.rec.take()) != 0 {
+		t.Errorf("second poll did something: %+v", second.Plan)
 	}
-	check(t, "third poll GitHub requests (all 304)", []int{third.GitHubRequests, third.GitHubNotModified}, []int{1, 1})
+	check(t, "second poll GitHub requests (all 304)", []int{second.GitHubRequests, second.GitHubNotModified}, []int{1, 1})
 
 	// A patch of the older line, released after the newer line.
 	if _, err := w.st.GitHub.AddRelease(github.Release{Tag: "v1.12.9", TargetCommitish: "release-1.12"}); err != nil {
@@ -307,21 +345,13 @@ func TestLifecycle(t *testing.T) {
 	older = []string{"v1.12.9/amd64", "v1.12.9/arm64"}
 	patch := w.poll(false)
 	check(t, "tracked after the older line's patch", patch.Tracked, []string{"v1.13.9", "v1.12.9"})
-	check(t, "builds for the older line's patch", targets(patch.Builds), older)
+	check(t, "builds for the older line's patch", targets(patch.Builds), slices.Concat(older, newer))
 	reqs = w.rec.take()
-	check(t, "Builder payloads for the older line's patch", requests(reqs), older)
+	check(t, "Builder payloads for the older line's patch", requests(reqs),
+		[]string{"v1.12.9/amd64 > v1.13.9/force", "v1.12.9/arm64 > v1.13.9/force"})
 	w.build(reqs)
-	check(t, "most recent snapshots after the older line's patch", []string{w.mostRecent("amd64"), w.mostRecent("arm64")},
-		[]string{"v1.12.9", "v1.12.9"})
-
-	rebuild := w.poll(false)
-	check(t, "rebuilds", targets(rebuild.Builds), newer)
-	check(t, "rebuild deferred", targets(rebuild.Deferred), []string{})
-	reqs = w.rec.take()
-	check(t, "Builder payloads for the rebuilds", requests(reqs), []string{"v1.13.9/amd64/force", "v1.13.9/arm64/force"})
-	w.build(reqs)
-	check(t, "most recent snapshots after the rebuilds", []string{w.mostRecent("amd64"), w.mostRecent("arm64")},
-		[]string{"v1.13.9", "v1.13.9"})
+	check(t, "most recent snapshots after the older line's patch and the rebuilds",
+		[]string{w.mostRecent("amd64"), w.mostRecent("arm64")}, []string{"v1.13.9", "v1.13.9"})
 	check(t, "snapshots after the rebuilds (replaced, not added)", w.snapshots(), []string{"v1.12.8/amd64", "v1.12.8/arm64",
 		"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"})
 	if quiet := w.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 || len(w.rec.take()) != 0 {
@@ -361,8 +391,8 @@ func TestLifecycle(t *testing.T) {
 	if !w.exists(unmanaged) {
 		t.Error("the unmanaged os=talos snapshot was deleted")
 	}
-	if n := len(w.st.Cloud.Servers()) + len(w.st.Cloud.SSHKeys()); n != 0 {
-		t.Errorf("%d servers and keys left", n)
+	if servers, keys := w.leftovers(); len(servers)+len(keys) != 0 {
+		t.Errorf("left: servers %+v, keys %+v", servers, keys)
 	}
 	// Every build server was created with a key: no root password mails.
 	if n := w.st.Cloud.RootPasswords(); n != 0 {
@@ -414,8 +444,8 @@ func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 	// The stuck build holds amd64: v1.12.8/amd64 waits for it.
 	rep := w.poll(false)
 	check(t, "redrives", targets(rep.Redrives), []string{"v1.13.9/amd64"})
-	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/arm64"})
-	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64", "v1.13.9/arm64"})
+	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/arm64", "v1.13.9/arm64"})
+	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64"})
 	checkReasons(t, "deferred", rep.Deferred, oneAtATime)
 	check(t, "collected", len(rep.CollectServers)+len(rep.CollectKeys), 0)
 	var redriven []build.Request
@@ -430,10 +460,14 @@ func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 	if n := len(w.st.Cloud.Servers()); n != 0 {
 		t.Errorf("%d servers left after the re-driven build", n)
 	}
-	// Done, it frees amd64 (v1.12.8/arm64 was only recorded, not built).
+	// Done, it frees amd64 (the arm64 builds were only recorded, not
+	// built): v1.12.8/amd64 is built, then v1.13.9/amd64 again, to be the
+	// most recent.
 	next := w.poll(true)
-	check(t, "builds after the re-driven build", targets(next.Builds), []string{"v1.12.8/amd64", "v1.12.8/arm64"})
-	check(t, "deferred after the re-driven build", targets(next.Deferred), []string{"v1.13.9/arm64"})
+	check(t, "builds after the re-driven build", targets(next.Builds),
+		[]string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/arm64", "v1.13.9/amd64"})
+	check(t, "forced after the re-driven build", next.Builds[3].Force, true)
+	check(t, "deferred after the re-driven build", targets(next.Deferred), []string{})
 	check(t, "redrives after the re-driven build", targets(next.Redrives), []string{})
 }
 
@@ -463,26 +497,25 @@ func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 	}
 
 	rep := w.poll(false)
-	check(t, "collected server", []string{rep.CollectServers[0].Name}, []string{stuck.Name()})
+	check(t, "collected server", []string{rep.CollectServers[0].Name}, []string{stuck.Name("")})
 	check(t, "collected key", []string{rep.CollectKeys[0].Name}, []string{"talos-amd64-orphan"})
 	check(t, "redrives", targets(rep.Redrives), []string{})
 	// The collected server holds amd64 no more: its older version starts.
-	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/amd64", "v1.12.8/arm64"})
-	check(t, "deferred", targets(rep.Deferred), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
-	checkReasons(t, "deferred", rep.Deferred[:1], "collected now")
-	checkReasons(t, "deferred", rep.Deferred[1:], oneAtATime)
-	if n := len(w.st.Cloud.Servers()); n != 0 {
-		t.Errorf("%d servers left", n)
+	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/arm64"})
+	check(t, "deferred", targets(rep.Deferred), []string{"v1.13.9/amd64"})
+	checkReasons(t, "deferred", rep.Deferred, "collected now")
+	servers, keys := w.leftovers()
+	if len(servers) != 0 {
+		t.Errorf("servers left: %+v", servers)
 	}
-	keys := w.st.Cloud.SSHKeys()
 	if len(keys) != 1 || keys[0].ID != other.ID {
 		t.Errorf("keys left: %+v, want only the unmanaged one", keys)
 	}
 }
 
 // TestCapOnFirstDeploy has a long history of untracked releases, which the
-// Poller pages past, and every patch tracked: the cap holds, and so does
-// one build at a time per architecture and schematic.
+// Poller pages past, and every patch tracked: the cap holds, counting the
+// builds queued behind the first of each architecture and schematic.
 func TestCapOnFirstDeploy(t *testing.T) {
 	t.Parallel()
 	releases := github.TalosReleases()
@@ -497,61 +530,31 @@ func TestCapOnFirstDeploy(t *testing.T) {
 		}
 	}
 	for _, tt := range []struct {
-		name           string
-		env            map[string]string
-		builds         []string
-		capped, inTurn int // deferred for the cap, for a build of the group
-		githubPages    int
+		name        string
+		env         map[string]string
+		builds      []string
+		payloads    []string
+		capped      int // deferred for the cap
+		githubPages int
 	}{
 		{"newest patches", map[string]string{"MAX_BUILDS_PER_POLL": "1"},
-			[]string{"v1.12.8/amd64"}, 2, 1, 1},
+			[]string{"v1.12.8/amd64"}, []string{"v1.12.8/amd64"}, 3, 1},
 		{"every patch", map[string]string{"TRACK_ALL_PATCHES": "true"},
-			[]string{"v1.12.0/amd64", "v1.12.0/arm64"}, 0, 19*2 - 2, 1},
+			[]string{"v1.12.0/amd64", "v1.12.0/arm64", "v1.12.1/amd64", "v1.12.1/arm64"},
+			[]string{"v1.12.0/amd64 > v1.12.1", "v1.12.0/arm64 > v1.12.1"}, 19*2 - 4, 1},
 		{"old lines too", map[string]string{"TRACK_MINORS": "9", "MAX_BUILDS_PER_POLL": "2"},
-			[]string{"v1.4.14/amd64", "v1.4.14/arm64"}, 0, 9*2 - 2, 2},
+			[]string{"v1.4.14/amd64", "v1.4.14/arm64"}, []string{"v1.4.14/amd64", "v1.4.14/arm64"}, 9*2 - 2, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, stack.Options{Releases: releases, Versions: versions}, tt.env)
 			rep := w.poll(false)
 			check(t, "builds", targets(rep.Builds), tt.builds)
-			check(t, "Builder payloads", requests(w.rec.take()), tt.builds)
-			capped, inTurn := 0, 0
-			for _, d := range rep.Deferred {
-				switch {
-				case strings.Contains(d.Reason, "MAX_BUILDS_PER_POLL"):
-					capped++
-				case strings.Contains(d.Reason, oneAtATime):
-					inTurn++
-				default:
-					t.Errorf("deferred %s: %s", d.Target, d.Reason)
-				}
-			}
-			check(t, "deferred for the cap, for a build of the group", []int{capped, inTurn}, []int{tt.capped, tt.inTurn})
+			check(t, "Builder payloads", requests(w.rec.take()), tt.payloads)
+			checkReasons(t, "deferred", rep.Deferred, "MAX_BUILDS_PER_POLL")
+			check(t, "deferred for the cap", len(rep.Deferred), tt.capped)
 			check(t, "GitHub pages read", rep.GitHubRequests, tt.githubPages)
 			if n := w.st.Factory.Count(http.MethodHead, "/image/"); n > 2*len(tt.builds) {
 				t.Errorf("asked the factory %d times for %d builds", n, len(tt.builds))
-			}
-		})
-	}
-}
-
-func TestRateLimitedGitHubChangesNothing(t *testing.T) {
-	t.Parallel()
-	for _, status := range []int{http.StatusForbidden, http.StatusTooManyRequests} {
-		t.Run(http.StatusText(status), func(t *testing.T) {
-			w := newWorld(t, stack.Options{}, nil)
-			w.st.GitHub.ForceSecondaryRateLimit(status, time.Minute, 1)
-			opts, err := poll.OptionsFrom(w.cfg, w.cfg.Schematics())
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Builder: w.rec, Logger: w.log}, opts)
-			rep, err := p.Run(context.Background(), false)
-			if !release.IsRateLimited(err) {
-				t.Fatalf("err = %v, want a rate limit error", err)
-			}
-			if len(w.st.Cloud.Requests()) != 0 || len(w.rec.take()) != 0 || !rep.Empty() {
-				t.Errorf("a rate limited poll acted: %d cloud requests, plan %+v", len(w.st.Cloud.Requests()), rep.Plan)
 			}
 		})
 	}
