@@ -135,21 +135,26 @@ func (w *world) snapshots() []string {
 	return out
 }
 
+// checkNothingLeft checks that no server and no SSH key is left but for the
+// deployment's marker.
 func (w *world) checkNothingLeft() {
 	w.t.Helper()
 	if s := w.st.Cloud.Servers(); len(s) != 0 {
 		w.t.Errorf("servers left: %+v", s)
 	}
-	if k := w.st.Cloud.SSHKeys(); len(k) != 0 {
-		w.t.Errorf("ssh keys left: %+v", k)
+	for _, k := range w.st.Cloud.SSHKeys() {
+		if k.Labels["hcloud-k8s.io/role"] != "deployment" {
+			w.t.Errorf("ssh key left: %+v", k)
+		}
 	}
 }
 
 // TestPollsBuildTheTrackedReleases follows a fresh deploy: a dry run that
-// changes nothing, polls that build the newest patch of the two newest
+// changes nothing, one poll that builds the newest patch of the two newest
 // minors for both architectures (one build at a time per architecture,
-// oldest first), a poll with nothing to do, and an unmanaged os=talos
-// snapshot that survives all of it.
+// oldest first, each started by the one before it), a poll with nothing to
+// do, and an unmanaged os=talos snapshot that survives all of it. The most
+// recent snapshot of each architecture is the highest version.
 func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	w := newWorld(t)
 	unmanaged, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Description: "hand-made",
@@ -158,8 +163,9 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	all := []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}
 	dry := w.poll(`{"dry_run":true}`)
-	if got := targets(dry.Builds); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {
+	if got := targets(dry.Builds); !slices.Equal(got, all) {
 		t.Errorf("dry run builds %v", got)
 	}
 	if len(w.emu.Invocations("builder")) != 0 || len(w.snapshots()) != 1 {
@@ -172,17 +178,33 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 		t.Errorf("dry run warnings %q", dry.Warnings)
 	}
 
+	polled := time.Now()
 	first := w.poll(`{"source":"aws.scheduler"}`)
-	if got := targets(first.Builds); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {
+	if got := targets(first.Builds); !slices.Equal(got, all) {
 		t.Errorf("first poll builds %v", got)
 	}
-	second := w.poll(`{}`)
-	if got := targets(second.Builds); !slices.Equal(got, []string{"v1.13.9/amd64", "v1.13.9/arm64"}) {
-		t.Errorf("second poll builds %v", got)
+	var last time.Time
+	for _, img := range w.st.Cloud.Images() {
+		if img.Type == "snapshot" && img.Created.After(last) {
+			last = img.Created
+		}
 	}
-	third := w.poll(`{}`)
-	if !third.Plan.Empty() {
-		t.Errorf("third poll plans %+v", third.Plan)
+	// Snapshots' times have seconds, as the API's.
+	t.Logf("from the poll to the last snapshot: %.1f s emulated (two builds in a row per architecture)",
+		last.Sub(polled.Truncate(time.Second)).Seconds())
+	var chained int
+	for _, inv := range w.emu.Invocations("builder") {
+		if strings.Contains(string(inv.Payload), `"continuation"`) && !strings.Contains(string(inv.Payload), `"queue"`) &&
+			strings.Contains(string(inv.Payload), `"v1.13.9"`) {
+			chained++
+		}
+	}
+	if chained < 2 {
+		t.Errorf("%d v1.13.9 builds were started by the Builder, want one per architecture", chained)
+	}
+	second := w.poll(`{}`)
+	if !second.Plan.Empty() || len(second.Deferred) != 0 {
+		t.Errorf("second poll plans %+v", second.Plan)
 	}
 	want := []string{"unmanaged:v1.9.0", "v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}
 	if got := w.snapshots(); !slices.Equal(got, want) {
@@ -221,8 +243,10 @@ func TestKilledBuildIsFinishedByTheRetry(t *testing.T) {
 	default:
 		t.Fatal("no build was killed")
 	}
-	if got := w.snapshots(); !slices.Equal(got, []string{"v1.12.8/amd64", "v1.12.8/arm64"}) {
-		t.Fatalf("snapshots after the kill and the retry: %v", got)
+	// The retry finished the build and started the next of its queue.
+	want := []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}
+	if got := w.snapshots(); !slices.Equal(got, want) {
+		t.Fatalf("snapshots after the kill and the retry: %v, want %v", got, want)
 	}
 	var retried bool
 	for _, inv := range w.emu.Invocations("builder") {
@@ -231,13 +255,8 @@ func TestKilledBuildIsFinishedByTheRetry(t *testing.T) {
 	if !retried {
 		t.Error("the build was not finished by Lambda's retry of the killed invocation")
 	}
-	rep := w.poll(`{}`)
-	if got := targets(rep.Redrives); len(got) != 0 {
-		t.Errorf("re-drives %v, want none", got)
-	}
-	w.poll(`{}`)
 	if rep := w.poll(`{}`); !rep.Plan.Empty() {
-		t.Errorf("last poll plans %+v", rep.Plan)
+		t.Errorf("the next poll plans %+v", rep.Plan)
 	}
 	w.checkNothingLeft()
 }
@@ -305,20 +324,28 @@ func TestNewPatchIsBuiltAndOldOnesPruned(t *testing.T) {
 
 // TestCapOnFirstDeploy tracks every patch of the two newest minors (17
 // versions, 34 targets) with a cap of 3: a poll starts 3 builds, one per
-// architecture at a time, and leaves the rest for later.
+// architecture at a time (the third queued behind the first), and leaves
+// the rest for later.
 func TestCapOnFirstDeploy(t *testing.T) {
 	w := newWorld(t, "TRACK_ALL_PATCHES", "true", "MAX_BUILDS_PER_POLL", "3")
 	rep := w.poll(`{}`)
-	if got := targets(rep.Builds); !slices.Equal(got, []string{"v1.12.0/amd64", "v1.12.0/arm64"}) {
+	want := []string{"v1.12.0/amd64", "v1.12.0/arm64", "v1.12.1/amd64"}
+	if got := targets(rep.Builds); !slices.Equal(got, want) {
 		t.Errorf("builds %v", got)
 	}
-	if len(rep.Deferred) != 2*len(rep.Tracked)-2 {
+	if len(rep.Deferred) != 2*len(rep.Tracked)-3 {
 		t.Errorf("%d deferred of %d tracked versions", len(rep.Deferred), len(rep.Tracked))
 	}
-	if n := len(w.emu.Invocations("builder")); n != 2 {
-		t.Errorf("%d Builder invocations, want 2", n)
+	var fromPoller int
+	for _, inv := range w.emu.Invocations("builder") {
+		if inv.Attempt == 1 && !strings.Contains(string(inv.Payload), `"continuation"`) {
+			fromPoller++
+		}
 	}
-	if got := w.snapshots(); !slices.Equal(got, []string{"v1.12.0/amd64", "v1.12.0/arm64"}) {
+	if fromPoller != 2 {
+		t.Errorf("the Poller invoked the Builder %d times, want 2", fromPoller)
+	}
+	if got := w.snapshots(); !slices.Equal(got, want) {
 		t.Errorf("snapshots %v", got)
 	}
 }

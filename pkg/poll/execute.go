@@ -38,11 +38,6 @@ type Executor struct {
 
 var errNoBuilder = errors.New("no Builder function is configured (BUILDER_FUNCTION_NAME)")
 
-// Apply carries out the whole plan: Cleanup, then Start.
-func (e Executor) Apply(ctx context.Context, p *Plan) error {
-	return errors.Join(e.Cleanup(ctx, p), e.Start(ctx, p))
-}
-
 func (e Executor) logger() *slog.Logger {
 	if e.Logger == nil {
 		return slog.Default()

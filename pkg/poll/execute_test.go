@@ -39,10 +39,12 @@ func (f *fakeDeleter) DeleteSSHKey(_ context.Context, k *hcloud.SSHKey) error {
 	return f.do(fmt.Sprintf("key %d %s", k.ID, k.Name))
 }
 
-func TestExecutorApply(t *testing.T) {
+func TestExecutor(t *testing.T) {
 	plan := func() *Plan {
 		return &Plan{
-			Builds:         []Item{{Target: tgt("v1.13.9/amd64"), Force: true, Reason: "r"}, {Target: tgt("v1.13.9/arm64"), Reason: "r"}},
+			Builds: []Item{{Target: tgt("v1.13.9/amd64"), Force: true, Reason: "r"}, {Target: tgt("v1.13.9/arm64"), Reason: "r"},
+				{Target: tgt("v1.13.10/amd64"), After: "v1.13.9", Reason: "r"}, {Target: tgt("v1.13.10/arm64"), After: "v1.13.9", Reason: "r"},
+				{Target: tgt("v1.13.10/amd64"), Force: true, After: "v1.13.10", Reason: "r"}},
 			Redrives:       []Item{{Target: tgt("v1.12.8/amd64"), Server: "s", Reason: "r"}},
 			Deferred:       []Item{{Target: tgt("v1.12.8/arm64"), Reason: "r"}},
 			CollectServers: []Resource{{ID: 1, Name: "old-server", Reason: "r"}},
@@ -52,7 +54,7 @@ func TestExecutorApply(t *testing.T) {
 	}
 	var invoked []string
 	var builder InvokerFunc = func(_ context.Context, r build.Request) error {
-		invoked = append(invoked, fmt.Sprintf("%s/%s force=%v", r.Version, r.Arch, r.Force))
+		invoked = append(invoked, fmt.Sprintf("%s/%s force=%v queue=%v", r.Version, r.Arch, r.Force, r.Queue))
 		if r.Arch == "arm64" && r.Version == "v1.13.9" {
 			return errors.New("throttled")
 		}
@@ -64,27 +66,37 @@ func TestExecutorApply(t *testing.T) {
 	cloud := &fakeDeleter{fail: map[string]bool{"image 3": true}}
 	p := plan()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	err := Executor{Cloud: cloud, Builder: builder, Logger: log}.Apply(context.Background(), p)
+	e := Executor{Cloud: cloud, Builder: builder, Logger: log}
+	err := errors.Join(e.Cleanup(context.Background(), p), e.Start(context.Background(), p))
 
 	wantCalls := []string{"server 1 old-server", "key 2 old-key", "image 3", "image 4"}
 	if !slices.Equal(cloud.calls, wantCalls) {
 		t.Errorf("deletions %v, want %v", cloud.calls, wantCalls)
 	}
-	want := []string{"v1.12.8/amd64 force=false", "v1.13.9/amd64 force=true", "v1.13.9/arm64 force=false"}
+	// One invocation per architecture and schematic, the others queued.
+	want := []string{"v1.12.8/amd64 force=false queue=[]", "v1.13.9/amd64 force=true queue=[{v1.13.10 false} {v1.13.10 true}]",
+		"v1.13.9/arm64 force=false queue=[{v1.13.10 false}]"}
 	if !slices.Equal(invoked, want) {
-		t.Errorf("invoked %v, want re-drives then builds, forced as planned: %v", invoked, want)
+		t.Errorf("invoked %v, want re-drives then builds, forced and queued as planned: %v", invoked, want)
 	}
 	if err == nil || !strings.Contains(err.Error(), "image 3") || !strings.Contains(err.Error(), "throttled") {
 		t.Errorf("err = %v, want both failures", err)
 	}
-	if p.Prune[0].Error == "" || p.Prune[1].Error != "" || p.Builds[1].Error == "" || p.Builds[0].Error != "" {
+	var failed []string
+	for _, it := range p.Builds {
+		if it.Error != "" {
+			failed = append(failed, it.Version+"/"+it.Arch)
+		}
+	}
+	if p.Prune[0].Error == "" || p.Prune[1].Error != "" || !slices.Equal(failed, []string{"v1.13.9/arm64", "v1.13.10/arm64"}) {
 		t.Errorf("errors not recorded on the failed items only: %+v %+v", p.Prune, p.Builds)
 	}
 
 	// Without a Builder, deletions still happen and invocations fail.
 	cloud = &fakeDeleter{}
 	p = plan()
-	err = Executor{Cloud: cloud, Logger: log}.Apply(context.Background(), p)
+	e = Executor{Cloud: cloud, Logger: log}
+	err = errors.Join(e.Cleanup(context.Background(), p), e.Start(context.Background(), p))
 	if len(cloud.calls) != 4 || !errors.Is(err, errNoBuilder) || p.Redrives[0].Error == "" {
 		t.Errorf("without a builder: calls %v, err %v", cloud.calls, err)
 	}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
+)
+
+// invokeSync invokes fn synchronously and returns its payload, and its error
+// message when it failed.
+func invokeSync(t *testing.T, api *awslambda.Client, fn, payload string) (out []byte, failed string) {
+	t.Helper()
+	res, err := api.Invoke(context.Background(), &awslambda.InvokeInput{FunctionName: aws.String(fn), Payload: []byte(payload)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FunctionError != nil {
+		var e struct {
+			ErrorMessage string `json:"errorMessage"`
+		}
+		json.Unmarshal(res.Payload, &e)
+		return res.Payload, e.ErrorMessage
+	}
+	return res.Payload, ""
+}
+
+// TestDeploymentsShareAProject deploys three stacks' functions against one
+// Hetzner project: prod and staging, whose first polls run at once and
+// build the same target side by side, each its own server and snapshot,
+// and prod2, a second deployment of cluster prod, whose Poller and Builder
+// refuse to act and say why.
+func TestDeploymentsShareAProject(t *testing.T) {
+	st, err := stack.Start(stack.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	fns := map[string]lambda.Function{}
+	for name, cluster := range map[string]string{"prod": "prod", "staging": "staging", "prod2": "prod"} {
+		env := map[string]string{"CLUSTER_NAME": cluster, "ARCHITECTURES": "amd64", "TRACK_MINORS": "1"}
+		builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
+		for k, v := range env {
+			builderEnv[k] = v
+		}
+		fns[name+"-builder"] = lambda.Function{Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 2}
+		pollerEnv := map[string]string{"BUILDER_FUNCTION_NAME": name + "-builder"}
+		for k, v := range env {
+			pollerEnv[k] = v
+		}
+		fns[name+"-poller"] = lambda.Function{Bootstrap: bootstraps["poller"], Env: pollerEnv, Timeout: time.Minute, PoolSize: 1}
+	}
+	emu, err := st.StartLambda(fns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	api := stack.LambdaClient(emu)
+
+	var wg sync.WaitGroup
+	for _, name := range []string{"prod", "staging"} {
+		wg.Go(func() {
+			out, failed := invokeSync(t, api, name+"-poller", `{}`)
+			var rep poll.Report
+			if failed != "" || json.Unmarshal(out, &rep) != nil || !slices.Equal(targets(rep.Builds), []string{"v1.13.9/amd64"}) {
+				t.Errorf("%s's poll: %s %s", name, failed, out)
+			}
+		})
+	}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := emu.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var snaps []string
+	for _, img := range st.Cloud.Images() {
+		if img.Type == "snapshot" {
+			snaps = append(snaps, img.Labels["cluster"]+":"+img.Labels["talos_version"]+"/"+img.Labels["arch"])
+		}
+	}
+	sort.Strings(snaps)
+	if !slices.Equal(snaps, []string{"prod:v1.13.9/amd64", "staging:v1.13.9/amd64"}) {
+		t.Errorf("snapshots %v, want one of each cluster", snaps)
+	}
+	servers := map[string]string{}
+	for _, d := range []string{"prod", "staging"} {
+		for _, inv := range emu.Invocations(d + "-builder") {
+			s := serverOf(inv.Result)
+			if other, ok := servers[s]; ok && other != d {
+				t.Errorf("prod and staging built on the same server %s", s)
+			}
+			servers[s] = d
+		}
+	}
+
+	_, failed := invokeSync(t, api, "prod2-poller", `{}`)
+	if !strings.Contains(failed, "refusing to act: another deployment (eu-central-1.prod-builder") ||
+		!strings.Contains(failed, "CLUSTER_NAME=prod") {
+		t.Errorf("prod2's poll: %q", failed)
+	}
+	_, failed = invokeSync(t, api, "prod2-builder", `{"version":"v1.13.9","arch":"amd64","force":true}`)
+	if !strings.Contains(failed, "refusing to act: another deployment (eu-central-1.prod-builder") {
+		t.Errorf("prod2's build: %q", failed)
+	}
+	if err := emu.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := st.Cloud.Servers(); len(s) != 0 {
+		t.Errorf("servers left: %+v", s)
+	}
+	var markers []string
+	for _, k := range st.Cloud.SSHKeys() {
+		markers = append(markers, k.Labels["cluster"]+":"+k.Labels["hcloud-k8s.io/deployment"])
+	}
+	sort.Strings(markers)
+	if !slices.Equal(markers, []string{"prod:eu-central-1.prod-builder", "staging:eu-central-1.staging-builder"}) {
+		t.Errorf("keys left: %v, want the two markers", markers)
+	}
+}
+
+// serverOf returns the server name in a Builder response.
+func serverOf(result []byte) string {
+	var resp struct {
+		Results []struct {
+			Server string `json:"server"`
+		} `json:"results"`
+	}
+	if json.Unmarshal(result, &resp) != nil || len(resp.Results) == 0 {
+		return ""
+	}
+	return resp.Results[0].Server
+}
+
+// TestPollerStartsWithTheFactoryDown: with SCHEMATIC_CUSTOMIZATION set and
+// nothing answering at the factory's address, the Poller starts and polls:
+// its builds wait, and the report says why.
+func TestPollerStartsWithTheFactoryDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	w := newWorld(t, "TALOS_FACTORY_URL", dead, "SCHEMATIC_CUSTOMIZATION", "customization:\n  extraKernelArgs:\n    - net.ifnames=0\n",
+		"SCHEMATIC_IDS", "ce4c980550dd2ab1b17bbf2b08801c7eb59418eafe8f279833297925d67c7515")
+	rep := w.poll(`{"dry_run":true}`)
+	if len(rep.Skipped) != 1 || !strings.HasPrefix(rep.Skipped[0], "builds, re-drives and pruning of the customization's schematic: SCHEMATIC_CUSTOMIZATION: register schematic:") {
+		t.Errorf("skipped %q", rep.Skipped)
+	}
+	if len(rep.Builds) != 0 || len(rep.Deferred) != 4 {
+		t.Errorf("builds %v, deferred %v; want the configured schematic's deferred", targets(rep.Builds), targets(rep.Deferred))
+	}
+}
