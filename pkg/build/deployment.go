@@ -27,8 +27,10 @@ import (
 // keep the highest version, and the two would adopt each other's servers
 // and prune each other's snapshots. So each cluster has a marker in the
 // project, an SSH key (free, labelled, and unique by name, so creating it is
-// an atomic test-and-set) that names the deployment owning the cluster; the
-// Poller claims it, and a deployment that finds another's refuses to act.
+// an atomic test-and-set: Hetzner Cloud API reference, SSH Keys, "name ...
+// must be unique per Project", else uniqueness_error; FACTS.md) that names
+// the deployment owning the cluster; the Poller claims it, and a deployment
+// that finds another's refuses to act.
 
 // Labels of the deployment marker.
 const (
@@ -50,12 +52,15 @@ const markerRefresh = time.Hour
 // DeploymentID names a deployment: the region and name of its Builder
 // function, which both functions know (the Builder as its own
 // AWS_LAMBDA_FUNCTION_NAME, the Poller as BUILDER_FUNCTION_NAME, a name or
-// an ARN). It is a label value; an unwieldy one is hashed. Empty means no
+// an ARN; Lambda sets AWS_LAMBDA_FUNCTION_NAME and AWS_REGION in every
+// function: AWS Lambda Developer Guide, "Defined runtime environment
+// variables"). It is a label value; an unwieldy one is hashed. Empty means no
 // identity (a command-line run), which neither claims nor checks a marker.
 func DeploymentID(builderFunction, region string) string {
 	name := builderFunction
 	if rest, ok := strings.CutPrefix(name, "arn:"); ok {
 		// arn:<partition>:lambda:<region>:<account>:function:<name>[:<qualifier>]
+		// (Lambda API reference, Invoke, FunctionName)
 		if f := strings.Split(rest, ":"); len(f) >= 6 {
 			region, name = f[2], f[5]
 		}
