@@ -397,6 +397,23 @@ func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
 	}
 }
 
+// TestImageWithoutMETACreatesNoSnapshot: a written disk that lacks a
+// partition every Talos image has fails its check; nothing is snapshotted.
+func TestImageWithoutMETACreatesNoSnapshot(t *testing.T) {
+	w := newWorld(t, setup{})
+	if err := w.st.Factory.SetOmitPartition("META"); err != nil {
+		t.Fatal(err)
+	}
+	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"arm64"}`)
+	if !strings.Contains(ferr, "lacks the Talos partition META") {
+		t.Errorf("function error = %q", ferr)
+	}
+	if s := w.snapshots(); len(s) != 0 {
+		t.Errorf("snapshots of a broken image: %+v", s)
+	}
+	w.checkNothingLeft()
+}
+
 func TestNoCapacityInFirstLocation(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{
 		Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}},
