@@ -244,7 +244,7 @@ const maxStackName = 56
 // and one character more breaks one: the limit is exactly that.
 func TestStackNameLimit(t *testing.T) {
 	tpl := loadTemplate(t)
-	limits := map[string]int{"FunctionName": 64, "LogGroupName": 512} // Lambda, CloudWatch Logs API references
+	limits := map[string]int{"FunctionName": 64, "LogGroupName": 512} // Lambda API reference (CreateFunction, FunctionName: a name alone at most 64); CloudWatch Logs (CreateLogGroup: 512)
 	longest := func(stack string) (string, bool) {
 		fits, worst := true, ""
 		var walk func(v any)
