@@ -10,13 +10,18 @@ import (
 )
 
 // makeEnv is this process's environment with GOOS and GOARCH replaced by
-// the given ones ("" leaves them out): what SAM passes to make.
+// the given ones ("" leaves them out): what SAM passes to make. The
+// variables of a make running these tests (make test) are left out: they
+// would pass its command line on to this make.
 func makeEnv(goos, goarch string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GOOS=") && !strings.HasPrefix(kv, "GOARCH=") {
-			env = append(env, kv)
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "GOOS", "GOARCH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+			continue
 		}
+		env = append(env, kv)
 	}
 	if goos != "" {
 		env = append(env, "GOOS="+goos)
