@@ -255,12 +255,3 @@ func ParsePayload(payload []byte) (dryRun bool, err error) {
 	}
 	return p.DryRun, nil
 }
-
-// HandlePayload is the Lambda handler.
-func (p *Poller) HandlePayload(ctx context.Context, payload json.RawMessage) (Report, error) {
-	dryRun, err := ParsePayload(payload)
-	if err != nil {
-		return Report{}, err
-	}
-	return p.Run(ctx, dryRun)
-}
