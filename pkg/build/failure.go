@@ -34,6 +34,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
@@ -343,7 +344,7 @@ func WriteFailureRecord(ctx context.Context, c RecordCloud, rec FailureRecord) e
 		if err == nil {
 			return nil
 		}
-		if !cloudConflict(err) {
+		if !cloud.IsConflict(err) {
 			return fmt.Errorf("record the failure of %s: %w", rec.Target, err)
 		}
 		// Made meanwhile, or by our own create whose reply was lost: its
@@ -358,8 +359,6 @@ func WriteFailureRecord(ctx context.Context, c RecordCloud, rec FailureRecord) e
 	}
 	return nil
 }
-
-func cloudConflict(err error) bool { return hcloud.IsError(err, hcloud.ErrorCodeUniquenessError) }
 
 // SnapshotCloud is what discarding a snapshot needs; *cloud.Client.
 type SnapshotCloud interface {

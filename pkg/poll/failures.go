@@ -97,6 +97,14 @@ func (p *Plan) holdFailures(s State, r Rules, collected map[int64]bool) State {
 	for _, t := range desired(s.Tracked, r) {
 		wanted[t] = true
 	}
+	// A success deletes its target's record; one whose deletion failed is
+	// recognised by a snapshot made after the failure.
+	built := map[build.Target]time.Time{}
+	for _, img := range s.Snapshots {
+		if t, ok := ours(img.Labels, r.Cluster); ok && img.Status == hcloud.ImageStatusAvailable && img.Created.After(built[t]) {
+			built[t] = img.Created
+		}
+	}
 	records := map[build.Target]build.FailureRecord{}
 	for _, k := range s.Records {
 		rec, ok := build.ParseFailureRecord(k)
@@ -110,6 +118,8 @@ func (p *Plan) holdFailures(s State, r Rules, collected map[int64]bool) State {
 			why = "recorded under another configuration; the target may build now"
 		case len(s.Tracked) > 0 && !wanted[t]: // nothing tracked: likelier a mistake than the truth
 			why = fmt.Sprintf("%s is not tracked (or its architecture or schematic not configured)", t)
+		case built[t].After(rec.At):
+			why = "older than the target's snapshot: it was built since"
 		default:
 			records[t] = rec
 			continue

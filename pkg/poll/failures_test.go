@@ -90,6 +90,14 @@ func TestPlanHoldsFailingTargets(t *testing.T) {
 			id := w.record("v1.13.8/amd64", 1, now.Add(-time.Minute), "cfg")
 			return want{deleted: []int64{id}}
 		}},
+		{"a record older than its target's snapshot is deleted; a forced rebuild's failure holds", func(w *world) want {
+			w.snap("v1.12.8/amd64", 5*time.Minute)
+			w.snap("v1.12.8/arm64", 2*time.Hour)
+			id := w.record("v1.12.8/amd64", 1, now.Add(-time.Hour), "cfg")
+			w.record("v1.12.8/arm64", 1, now.Add(-30*time.Minute), "cfg")
+			return want{builds: []string{"v1.13.9/amd64"}, deferred: []string{"v1.13.9/arm64"}, deleted: []int64{id},
+				backedOff: []string{"v1.12.8/arm64 1 download"}}
+		}},
 		{"the left-over server of a held target is not re-driven", func(w *world) want {
 			w.snap("v1.12.8/amd64", time.Hour)
 			w.snap("v1.12.8/arm64", time.Hour)

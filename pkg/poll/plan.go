@@ -95,7 +95,11 @@ func (p Plan) Empty() bool {
 //     no invocation carries their build on;
 //   - CollectServers and CollectKeys: build servers older than
 //     Rules.ServerTTL and lease keys as old whose lease is not held;
-//   - Prune: available managed snapshots beyond the retention policy.
+//   - Prune: available managed snapshots beyond the retention policy;
+//   - FailurePlan (failures.go): targets whose failure records hold them
+//     are deferred, neither built nor re-driven; failed snapshots that no
+//     build watches are discarded and their failures recorded; records
+//     that no longer apply are deleted.
 func NewPlan(s State, r Rules) Plan {
 	p := Plan{Builds: []Item{}, Redrives: []Item{}, Deferred: []Item{},
 		CollectServers: []Resource{}, CollectKeys: []Resource{}, Prune: []Resource{}}
