@@ -11,7 +11,7 @@ LDFLAGS      := -s -w
 RIE_VERSION  := v0.0.0-20261030222936-bef5c4ba774d
 GOBIN        := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: build-Poller build-Builder build test bench local invoke e2e tools clean
+.PHONY: build-Poller build-Builder build test bench local invoke e2e e2e-local tools clean
 
 build-Poller:
 	GOOS=$(GOOS) GOARCH=$(GOARCH) CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags '$(LDFLAGS)' \
@@ -34,6 +34,7 @@ test: tools
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
 	PATH="$(GOBIN):$$PATH" $(GO) test -race -count=1 -timeout 15m ./...
+	scripts/e2e-local
 
 bench: tools
 	PATH="$(GOBIN):$$PATH" $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
@@ -45,6 +46,10 @@ local: tools
 # would: make invoke FN=Builder EVENT=events/build.json
 invoke: tools
 	PATH="$(GOBIN):$$PATH" scripts/invoke $(FN) $(EVENT)
+
+# The same end-to-end test against the local world (part of make test).
+e2e-local:
+	scripts/e2e-local
 
 e2e:
 	$(GO) test -tags e2e -count=1 -timeout 45m -v -run TestHetznerEndToEnd ./functions/builder

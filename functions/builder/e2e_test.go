@@ -438,6 +438,23 @@ func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
 	}
 }
 
+// TestImageWithoutMETACreatesNoSnapshot: a written disk that lacks a
+// partition every Talos image has fails its check; nothing is snapshotted.
+func TestImageWithoutMETACreatesNoSnapshot(t *testing.T) {
+	w := newWorld(t, setup{})
+	if err := w.st.Factory.SetOmitPartition("META"); err != nil {
+		t.Fatal(err)
+	}
+	if res := w.failure(`{"version":"v1.13.9","arch":"arm64"}`); !strings.Contains(res.Error, "lacks the Talos partition META") ||
+		res.Code != "verify" {
+		t.Errorf("result %+v", res)
+	}
+	if s := w.snapshots(); len(s) != 0 {
+		t.Errorf("snapshots of a broken image: %+v", s)
+	}
+	w.checkNothingLeft("v1.13.9/arm64 verify")
+}
+
 func TestNoCapacityInFirstLocation(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{
 		Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}},

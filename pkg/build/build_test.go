@@ -505,6 +505,14 @@ func TestWaitHandsOver(t *testing.T) {
 	if res.State != InProgress || res.Step != StepWait || len(cont.reqs) != 1 {
 		t.Fatalf("result = %+v, continuations %d", res, len(cont.reqs))
 	}
+	// A snapshot takes its time: watching it is progress, bounded by
+	// SNAPSHOT_TIMEOUT, so hand-overs while it is created are not idle.
+	for hop := range 2 * maxIdleHops {
+		req := cont.reqs[len(cont.reqs)-1]
+		if res = b.Build(context.Background(), target, req); res.State != InProgress || req.Continuation.Idle != 0 {
+			t.Fatalf("hop %d: %+v, continuation %+v", hop, res, req.Continuation)
+		}
+	}
 	fc.snapshotsReadyAfter = 0
 	if res = b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("after the snapshot is ready: %+v", res)

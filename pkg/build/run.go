@@ -698,6 +698,8 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 		if b.now().Add(pause).After(until) {
 			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", creating.ID)
+			// Watching counts as progress: SNAPSHOT_TIMEOUT bounds it.
+			r.progressed = true
 			return "", errContinue
 		}
 		select {
