@@ -412,7 +412,7 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 	if err := r.b.cont.Continue(cctx, req); err != nil {
 		// Lambda retries a function error; the Poller re-drives a build
 		// whose server has no live lease.
-		return r.retryLater(ctx, step, fmt.Errorf("continue in a new invocation: %w", err))
+		return r.retryLater(ctx, step, transient("continue", fmt.Errorf("continue in a new invocation: %w", err)))
 	}
 	log.InfoContext(ctx, "continuing in a new invocation", "idle", idle)
 	return r.res
