@@ -88,6 +88,9 @@ type Options struct {
 	// LeaseTTL is how long a lease outlives its last renewal, so that a
 	// crashed invocation blocks others only briefly; default 90s.
 	LeaseTTL time.Duration
+	// Failures says how a target that keeps failing backs off and when it
+	// is parked (failure.go).
+	Failures FailurePolicy
 	// SigningKey signs the continuations the Builder starts (SigningKey
 	// derives it from the Hetzner token); without one, no continuation is
 	// accepted.
@@ -142,6 +145,8 @@ type Deps struct {
 	// Owner names the invocation in leases (Lambda's request id); default a
 	// random id per call.
 	Owner func(ctx context.Context) string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
 // New returns a Builder.
@@ -159,6 +164,9 @@ func New(d Deps, o Options) *Builder {
 	}
 	if b.owner == nil {
 		b.owner = func(context.Context) string { return randomID() }
+	}
+	if d.Now != nil {
+		b.now = d.Now
 	}
 	return b
 }

@@ -11,11 +11,15 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 )
 
-// Deleter is what the executor deletes with; *cloud.Client.
+// Deleter is what the executor changes the project with; *cloud.Client.
+// Besides deleting, it discards failed snapshots and writes failure
+// records (failures.go).
 type Deleter interface {
 	DeleteServer(ctx context.Context, s *hcloud.Server) error
 	DeleteImage(ctx context.Context, img *hcloud.Image) error
 	DeleteSSHKey(ctx context.Context, k *hcloud.SSHKey) error
+	build.SnapshotCloud
+	build.RecordCloud
 }
 
 // Invoker starts a Builder invocation for a request without waiting for it.
@@ -39,7 +43,8 @@ type Executor struct {
 var errNoBuilder = errors.New("no Builder function is configured (BUILDER_FUNCTION_NAME)")
 
 // Apply carries out the plan: first it collects expired servers and keys
-// (which frees their names), then prunes, then re-drives and starts builds.
+// (which frees their names), then prunes, then discards failed snapshots
+// and keeps the failure records, then re-drives and starts builds.
 // It goes on past a failed action, records the error in the action's item
 // and returns all failures joined.
 func (e Executor) Apply(ctx context.Context, p *Plan) error {
@@ -69,6 +74,7 @@ func (e Executor) Apply(ctx context.Context, p *Plan) error {
 	del("snapshot", p.Prune, func(r Resource) error {
 		return e.Cloud.DeleteImage(ctx, &hcloud.Image{ID: r.ID, Description: r.Name})
 	})
+	errs = append(errs, e.applyFailures(ctx, &p.FailurePlan, log)...)
 	invoke := func(kind string, items []Item) {
 		for i := range items {
 			it := &items[i]

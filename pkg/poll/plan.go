@@ -21,6 +21,7 @@ type Rules struct {
 	MaxBuilds     int           // new builds per poll
 	ServerTTL     time.Duration // build servers and lease keys older than this are collected
 	KeepOthers    int           // snapshots of untracked versions kept per architecture and schematic
+	FailureRules                // failure records and stuck snapshots (failures.go)
 }
 
 // State is what the planner decides on.
@@ -33,6 +34,8 @@ type State struct {
 	// builder (build.BuildServerSelector, build.LeaseSelector).
 	Servers []*hcloud.Server
 	Keys    []*hcloud.SSHKey
+	// Records are the failure records (build.FailureSelector).
+	Records []*hcloud.SSHKey
 	// Unserved holds the targets the image factory does not serve (yet),
 	// with why; every other target counts as served.
 	Unserved map[build.Target]string
@@ -66,11 +69,12 @@ type Plan struct {
 	CollectServers []Resource `json:"collected_servers"`
 	CollectKeys    []Resource `json:"collected_keys"`
 	Prune          []Resource `json:"pruned"`
+	FailurePlan
 }
 
 // Empty tells whether the plan does nothing.
 func (p Plan) Empty() bool {
-	return len(p.Builds)+len(p.Redrives)+len(p.CollectServers)+len(p.CollectKeys)+len(p.Prune) == 0
+	return len(p.Builds)+len(p.Redrives)+len(p.CollectServers)+len(p.CollectKeys)+len(p.Prune)+p.FailurePlan.actions() == 0
 }
 
 // NewPlan decides what a poll does. It is a pure function of its inputs:
@@ -91,7 +95,11 @@ func (p Plan) Empty() bool {
 //     no invocation carries their build on;
 //   - CollectServers and CollectKeys: build servers older than
 //     Rules.ServerTTL and lease keys as old whose lease is not held;
-//   - Prune: available managed snapshots beyond the retention policy.
+//   - Prune: available managed snapshots beyond the retention policy;
+//   - FailurePlan (failures.go): targets whose failure records hold them
+//     are deferred, neither built nor re-driven; failed snapshots that no
+//     build watches are discarded and their failures recorded; records
+//     that no longer apply are deleted.
 func NewPlan(s State, r Rules) Plan {
 	p := Plan{Builds: []Item{}, Redrives: []Item{}, Deferred: []Item{},
 		CollectServers: []Resource{}, CollectKeys: []Resource{}, Prune: []Resource{}}
@@ -118,6 +126,7 @@ func NewPlan(s State, r Rules) Plan {
 		}
 	}
 	p.Redrives = redrives(s, r, keys, collected)
+	s = p.holdFailures(s, r, collected) // failures.go: failed snapshots, backed-off and parked targets
 
 	todo, deferred := missing(s, r, collected)
 	p.Deferred = append(p.Deferred, deferred...)

@@ -66,6 +66,7 @@ func OptionsFrom(c config.Config, schematics []string) (Options, error) {
 	return Options{Policy: p, AnonymousGitHub: c.GitHubToken == "", Rules: Rules{
 		Architectures: c.Architectures, Schematics: schematics, Cluster: c.Cluster,
 		MaxBuilds: c.MaxBuildsPerPoll, ServerTTL: c.BuildServerTTL, KeepOthers: c.KeepOthers,
+		FailureRules: FailureRules{Failures: build.FailurePolicyFrom(c), SnapshotTimeout: c.SnapshotTimeout},
 	}}, nil
 }
 
@@ -144,6 +145,9 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
 	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, build.LeaseSelector()); err != nil {
+		return rep, fmt.Errorf("poll: nothing done: %w", err)
+	}
+	if st.Records, err = p.d.Cloud.SSHKeys(ctx, build.FailureSelector()); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
 	if st.Unserved, err = p.unserved(ctx, st); err != nil {

@@ -19,8 +19,11 @@ import (
 )
 
 // memCloud is a Hetzner project in memory that answers label selectors of
-// the forms the Poller uses (k=v and !k, comma-separated) and deletes.
+// the forms the Poller uses (k=v and !k, comma-separated) and deletes. A
+// teardown needs nothing else: the embedded Cloud is nil, and any other
+// call panics.
 type memCloud struct {
+	Cloud
 	servers []*hcloud.Server
 	keys    []*hcloud.SSHKey
 	images  []*hcloud.Image
