@@ -47,10 +47,14 @@ func TestShortFunctionTimeout(t *testing.T) {
 				w.checkDone(target("amd64"))
 				return
 			}
+			// A failure for good: no function error, so no retry.
 			for _, inv := range invs {
-				if !strings.Contains(inv.ErrorMessage, tt.err) {
-					t.Errorf("invocation %d: error %q, want %q", inv.Attempt, inv.ErrorMessage, tt.err)
+				if inv.Failed() || !strings.Contains(string(inv.Result), tt.err) || !strings.Contains(string(inv.Result), `"code":"function-timeout"`) {
+					t.Errorf("invocation %d: function error %q, result %s; want %q", inv.Attempt, inv.ErrorMessage, inv.Result, tt.err)
 				}
+			}
+			if len(invs) != 1 {
+				t.Errorf("%d invocations, want 1", len(invs))
 			}
 			if n := w.countRequests("POST", "/v1/servers"); n != 0 {
 				t.Errorf("%d servers created for a build that cannot fit", n)

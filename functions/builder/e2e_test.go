@@ -114,6 +114,34 @@ func (w *world) invoke(payload string) (build.Response, string) {
 	return resp, ""
 }
 
+// checkRecords asserts that the failure records are those given as
+// "version/arch code".
+func (w *world) checkRecords(records ...string) {
+	w.t.Helper()
+	var got []string
+	for _, k := range w.st.Cloud.SSHKeys() {
+		if k.Labels["hcloud-k8s.io/role"] == "failure" {
+			got = append(got, k.Labels["talos_version"]+"/"+k.Labels["arch"]+" "+k.Labels["hcloud-k8s.io/error"])
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, slices.Sorted(slices.Values(records))) {
+		w.t.Errorf("failure records %v, want %v", got, records)
+	}
+}
+
+// failure invokes the Builder with a payload whose one target fails for
+// good: the result says so, and no function error (which Lambda would
+// retry) is returned.
+func (w *world) failure(payload string) build.Result {
+	w.t.Helper()
+	resp, ferr := w.invoke(payload)
+	if ferr != "" || len(resp.Results) != 1 || resp.Results[0].State != build.Failed {
+		w.t.Fatalf("%s: response %+v, function error %q; want a failed result", payload, resp, ferr)
+	}
+	return resp.Results[0]
+}
+
 func (w *world) invokeAsync(payload string) {
 	w.t.Helper()
 	if _, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
@@ -181,14 +209,23 @@ func (w *world) checkDone(targets ...build.Target) {
 	w.checkNothingLeft()
 }
 
-func (w *world) checkNothingLeft() {
+// checkNothingLeft asserts that no server and no key is left but the
+// failure records given as "version/arch code".
+func (w *world) checkNothingLeft(records ...string) {
 	w.t.Helper()
 	if s := w.st.Cloud.Servers(); len(s) != 0 {
 		w.t.Errorf("servers left: %+v", s)
 	}
-	if k := w.st.Cloud.SSHKeys(); len(k) != 0 {
-		w.t.Errorf("ssh keys left: %+v", k)
+	var others []hetzner.SSHKey
+	for _, k := range w.st.Cloud.SSHKeys() {
+		if k.Labels["hcloud-k8s.io/role"] != "failure" {
+			others = append(others, k)
+		}
 	}
+	if len(others) != 0 {
+		w.t.Errorf("ssh keys left: %+v", others)
+	}
+	w.checkRecords(records...)
 	// Every server was created with a key: Hetzner mailed no root password.
 	if n := w.st.Cloud.RootPasswords(); n != 0 {
 		w.t.Errorf("%d root passwords issued", n)
@@ -232,8 +269,13 @@ func TestBuildBothArchitecturesThenNoOp(t *testing.T) {
 
 func TestBadPayloadsCreateNothing(t *testing.T) {
 	w := newWorld(t, setup{})
+	// A version the factory does not serve fails, as a result: retrying it
+	// at once would not help. Nothing was created, so nothing is recorded.
+	if res := w.failure(`{"version":"v9.9.9","arch":"amd64"}`); res.Code != "not-served" ||
+		!strings.Contains(res.Error, "talos v9.9.9 is not available from the image factory") {
+		t.Errorf("v9.9.9: %+v", res)
+	}
 	for _, tt := range []struct{ payload, want string }{
-		{`{"version":"v9.9.9","arch":"amd64"}`, "talos v9.9.9 is not available from the image factory"},
 		{`{"version":"1.13.9"}`, `"1.13.9" is not a version`},
 		{`{"version":"v1.13.9","arch":"sparc"}`, `arch: "sparc" is not one of the configured architectures`},
 		{`{"version":"v1.13.9","schematic":"ABC"}`, `schematic: "ABC" is not a schematic ID`},
@@ -386,15 +428,31 @@ func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
 	for _, mode := range []factory.Truncation{factory.TruncateShort, factory.TruncateCut} {
 		w := newWorld(t, setup{})
 		w.st.Factory.SetTruncate(mode)
-		_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
-		if !strings.Contains(ferr, "write http") {
-			t.Errorf("truncation %d: function error = %q", mode, ferr)
+		if res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`); !strings.Contains(res.Error, "write http") || res.Code != "download" {
+			t.Errorf("truncation %d: %+v", mode, res)
 		}
 		if s := w.snapshots(); len(s) != 0 {
 			t.Errorf("truncation %d: snapshots of a truncated image: %+v", mode, s)
 		}
-		w.checkNothingLeft()
+		w.checkNothingLeft("v1.13.9/amd64 download")
 	}
+}
+
+// TestImageWithoutMETACreatesNoSnapshot: a written disk that lacks a
+// partition every Talos image has fails its check; nothing is snapshotted.
+func TestImageWithoutMETACreatesNoSnapshot(t *testing.T) {
+	w := newWorld(t, setup{})
+	if err := w.st.Factory.SetOmitPartition("META"); err != nil {
+		t.Fatal(err)
+	}
+	if res := w.failure(`{"version":"v1.13.9","arch":"arm64"}`); !strings.Contains(res.Error, "lacks the Talos partition META") ||
+		res.Code != "verify" {
+		t.Errorf("result %+v", res)
+	}
+	if s := w.snapshots(); len(s) != 0 {
+		t.Errorf("snapshots of a broken image: %+v", s)
+	}
+	w.checkNothingLeft("v1.13.9/arm64 verify")
 }
 
 func TestNoCapacityInFirstLocation(t *testing.T) {
@@ -417,10 +475,10 @@ func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 			{ServerType: "cx23", Location: "fsn1"}, {ServerType: "cx23", Location: "nbg1"}}}},
 		env: map[string]string{"SERVER_TYPES_AMD64": "cx23,cpx22"},
 	})
-	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
+	res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`)
 	want := "no capacity for cx23 (40 GB disk) in fsn1, nbg1; a bigger disk would make a snapshot that cannot create 40 GB servers"
-	if !strings.Contains(ferr, want) {
-		t.Errorf("function error %q, want %q", ferr, want)
+	if !strings.Contains(res.Error, want) || res.Code != "no-capacity" {
+		t.Errorf("result %+v, want %q", res, want)
 	}
 	for _, r := range w.st.Cloud.Requests() {
 		if r.Method == "POST" && r.Path == "/v1/servers" && r.Status != 412 {
@@ -433,7 +491,7 @@ func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 	if s := w.snapshots(); len(s) != 0 {
 		t.Errorf("snapshots: %+v", s)
 	}
-	w.checkNothingLeft()
+	w.checkNothingLeft("v1.13.9/amd64 no-capacity")
 }
 
 // TestServerLimitFailsClearly: a project at its server quota fails the
@@ -451,9 +509,10 @@ func TestServerLimitFailsClearly(t *testing.T) {
 		Image: &hcloud.Image{Name: "debian-13"}, SSHKeys: []*hcloud.SSHKey{key}}); err != nil {
 		t.Fatal(err)
 	}
-	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
-	if !strings.Contains(ferr, "the project's server limit is reached") || !strings.Contains(ferr, "resource_limit_exceeded") {
-		t.Errorf("function error %q", ferr)
+	res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`)
+	if !strings.Contains(res.Error, "the project's server limit is reached") || !strings.Contains(res.Error, "resource_limit_exceeded") ||
+		res.Code != "server-limit" {
+		t.Errorf("result %+v", res)
 	}
 	if n := w.countRequests("POST", "/v1/servers"); n != 2 {
 		t.Errorf("%d server creates, want ours and one of the builder", n)
@@ -461,8 +520,8 @@ func TestServerLimitFailsClearly(t *testing.T) {
 	if s := w.st.Cloud.Servers(); len(s) != 1 || s[0].Name != "someone" {
 		t.Errorf("servers: %+v", s)
 	}
-	if k := w.st.Cloud.SSHKeys(); len(k) != 1 || k[0].Name != "someone" {
-		t.Errorf("ssh keys: %+v", k)
+	if k := w.st.Cloud.SSHKeys(); len(k) != 2 || k[0].Name != "someone" || k[1].Labels["hcloud-k8s.io/error"] != "server-limit" {
+		t.Errorf("ssh keys: %+v, want ours and the failure record", k)
 	}
 }
 

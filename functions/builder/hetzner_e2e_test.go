@@ -17,6 +17,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -69,10 +70,12 @@ func TestHetznerEndToEnd(t *testing.T) {
 	// server created without an SSH key, and the answer is the only place
 	// that shows whether one was issued.
 	endpoint, passwords := watchRootPasswords(t, cfg.HCloudEndpoint)
+	// The Builder logs the partitions it read back from the written disk.
+	written := newPartitionLog(slog.NewJSONHandler(os.Stderr, nil))
 	b := build.New(build.Deps{
 		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: endpoint, Version: "e2e"}),
 		Factory: factory,
-		Logger:  slog.New(slog.NewJSONHandler(os.Stderr, nil)),
+		Logger:  slog.New(written),
 	}, build.OptionsFrom(cfg, schematics))
 	resp, err := b.RunUntilDone(ctx, build.Request{Version: version, Arch: arch})
 	if err != nil {
@@ -102,9 +105,58 @@ func TestHetznerEndToEnd(t *testing.T) {
 	if err != nil || len(servers) != 0 {
 		t.Errorf("build servers left: %d (%v)", len(servers), err)
 	}
+	if parts := written.partitions(); !slices.Contains(parts, "EFI") || !slices.Contains(parts, "META") {
+		t.Errorf("partition table written: %q, want a GPT with EFI and META", parts)
+	} else {
+		t.Logf("partition table written: %q", parts)
+	}
 	if n := passwords.Load(); n != 0 {
 		t.Errorf("%d server creates were answered with a root password (mailed to the project owner)", n)
 	}
+}
+
+// partitionLog passes records on and keeps the partitions of the Builder's
+// "image written and verified", from whichever logger derived from it.
+type partitionLog struct {
+	slog.Handler
+	found *foundPartitions
+}
+
+type foundPartitions struct {
+	mu    sync.Mutex
+	parts []string
+}
+
+func newPartitionLog(h slog.Handler) *partitionLog {
+	return &partitionLog{Handler: h, found: &foundPartitions{}}
+}
+
+func (h *partitionLog) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "image written and verified" {
+		r.Attrs(func(a slog.Attr) bool {
+			if p, ok := a.Value.Any().([]string); ok && a.Key == "partitions" {
+				h.found.mu.Lock()
+				h.found.parts = p
+				h.found.mu.Unlock()
+			}
+			return true
+		})
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *partitionLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return &partitionLog{Handler: h.Handler.WithAttrs(as), found: h.found}
+}
+
+func (h *partitionLog) WithGroup(name string) slog.Handler {
+	return &partitionLog{Handler: h.Handler.WithGroup(name), found: h.found}
+}
+
+func (h *partitionLog) partitions() []string {
+	h.found.mu.Lock()
+	defer h.found.mu.Unlock()
+	return h.found.parts
 }
 
 // watchRootPasswords serves a loopback reverse proxy to the Hetzner API

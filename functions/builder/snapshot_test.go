@@ -74,21 +74,23 @@ func TestLostRepliesOfCreates(t *testing.T) {
 // the image and the server are deleted.
 func TestFailedSnapshotFailsTheBuild(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{UnavailableImages: 1}}})
-	_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
-	if !strings.Contains(ferr, `failed: status-unavailable (status "unavailable"`) {
-		t.Fatalf("function error = %q", ferr)
+	res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`)
+	if !strings.Contains(res.Error, `failed: status-unavailable (status "unavailable"`) || res.Code != "snapshot-status-unavailable" {
+		t.Fatalf("result %+v", res)
 	}
 	if s := w.snapshots(); len(s) != 0 {
 		t.Errorf("snapshots left: %+v", s)
 	}
-	w.checkNothingLeft()
+	w.checkNothingLeft("v1.13.9/amd64 snapshot-status-unavailable")
 }
 
 // TestStuckSnapshotIsFailed: a snapshot "creating" beyond SNAPSHOT_TIMEOUT
-// fails its build. While its action runs it can be neither deleted nor can
-// its server, so it is marked failed (no consumer label) and the retries
-// Lambda makes take a new snapshot once the server is free: one good
-// snapshot in the end, and none a consumer could pick before.
+// fails its build, for good: a failed result, no function error, so Lambda
+// does not retry, and a failure record. While its action runs it can be
+// neither deleted nor can its server, so it is marked failed (no consumer
+// label) at once and deleted when it can be. A forced request builds the
+// target again: one good snapshot in the end, and none a consumer could
+// pick before.
 func TestStuckSnapshotIsFailed(t *testing.T) {
 	w := newWorld(t, setup{
 		stack: stack.Options{Faults: hetzner.Faults{SlowImages: 1, SlowImageFor: 14 * time.Second}},
@@ -118,16 +120,26 @@ func TestStuckSnapshotIsFailed(t *testing.T) {
 			}
 		}
 	}()
+	start := time.Now()
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64"}`)
 	w.waitIdle()
 	var failed bool
 	for _, inv := range w.emu.Invocations("builder") {
-		if strings.Contains(inv.ErrorMessage, "failed: timeout") {
-			failed = true
+		if inv.Failed() {
+			t.Errorf("invocation %d of %s: function error %q", inv.Attempt, inv.RequestID, inv.ErrorMessage)
 		}
+		failed = failed || strings.Contains(string(inv.Result), `"code":"snapshot-timeout"`)
 	}
 	if !failed {
 		t.Error("no invocation failed with the stuck snapshot")
+	}
+	w.checkRecords("v1.13.9/amd64 snapshot-timeout")
+	time.Sleep(time.Until(start.Add(15 * time.Second))) // the slow create_image has ended
+	// The server is left if it was still locked when the build failed; if
+	// not, the failure record holds the target back from a request
+	// without force.
+	if resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64","force":true}`); ferr != "" || resp.Results[0].State != build.Done {
+		t.Fatalf("the next request: %+v %s", resp, ferr)
 	}
 
 	select {

@@ -53,17 +53,22 @@ type world struct {
 	api *awslambda.Client
 }
 
-func newWorld(t *testing.T, pollerEnv ...string) *world {
+// newWorld deploys both functions with the configuration cfg (name, value
+// pairs) on top of the test defaults.
+func newWorld(t *testing.T, cfg ...string) *world {
 	t.Helper()
 	st, err := stack.Start(stack.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
+	builderEnv := []string{"STEP_TIMEOUT", "2s", "INSTALL_TIMEOUT", "30s", "SNAPSHOT_WAIT", "5s", "LEASE_TTL", "3s"}
+	// Both functions get the same configuration, as template.yaml's Globals
+	// give it: the failure records carry its digest.
 	emu, err := st.StartLambda(map[string]lambda.Function{
-		"builder": {Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 4},
-		"poller":  {Bootstrap: bootstraps["poller"], Env: env(append(pollerEnv, "BUILDER_FUNCTION_NAME", "builder")), Timeout: time.Minute, PoolSize: 1},
+		"builder": {Bootstrap: bootstraps["builder"], Env: env(append(builderEnv, cfg...)), Timeout: time.Minute, PoolSize: 4},
+		"poller": {Bootstrap: bootstraps["poller"], Env: env(slices.Concat(builderEnv, cfg, []string{"BUILDER_FUNCTION_NAME", "builder"})),
+			Timeout: time.Minute, PoolSize: 1},
 	})
 	if err != nil {
 		t.Fatal(err)

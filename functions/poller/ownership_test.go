@@ -111,9 +111,16 @@ func TestDeploymentsShareAProject(t *testing.T) {
 		!strings.Contains(failed, "CLUSTER_NAME=prod") {
 		t.Errorf("prod2's poll: %q", failed)
 	}
-	_, failed = invokeSync(t, api, "prod2-builder", `{"version":"v1.13.9","arch":"amd64","force":true}`)
-	if !strings.Contains(failed, "refusing to act: another deployment (eu-central-1.prod-builder") {
-		t.Errorf("prod2's build: %q", failed)
+	// A refusal is a failed result, not a function error: Lambda's retries
+	// would be refused the same way.
+	out, failed := invokeSync(t, api, "prod2-builder", `{"version":"v1.13.9","arch":"amd64","force":true}`)
+	var resp struct {
+		Results []struct{ State, Code, Error string } `json:"results"`
+	}
+	if failed != "" || json.Unmarshal(out, &resp) != nil || len(resp.Results) != 1 || resp.Results[0].State != "failed" ||
+		resp.Results[0].Code != "other-deployment" ||
+		!strings.Contains(resp.Results[0].Error, "refusing to act: another deployment (eu-central-1.prod-builder") {
+		t.Errorf("prod2's build: %q %s", failed, out)
 	}
 	if err := emu.WaitIdle(ctx); err != nil {
 		t.Fatal(err)

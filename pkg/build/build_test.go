@@ -16,6 +16,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -254,17 +255,17 @@ func TestResume(t *testing.T) {
 		{name: "wait, no snapshot yet", step: "wait", attempts: "1", state: Done, left: 1,
 			want: []string{"CreateSSHKey", "SetServerLabels:snapshot", "SetServerLabels:wait", "CreateSnapshot", "DeleteServer", "DeleteSSHKey"}},
 		{name: "wait, snapshot vanished too often", step: "wait", attempts: "2", state: Failed,
-			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
+			want: []string{"CreateSSHKey", "CreateSSHKey:failure", "DeleteServer", "DeleteSSHKey"}},
 		{name: "wait, duplicates of a repeated create_image", step: "wait", images: []string{"available", "creating"}, state: Done, left: 1,
 			want: []string{"CreateSSHKey", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
 		{name: "wait, snapshot failed", step: "wait", images: []string{"unavailable"}, state: Failed,
-			want: []string{"CreateSSHKey", "SetImageLabels", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
+			want: []string{"CreateSSHKey", "SetImageLabels", "DeleteImage", "CreateSSHKey:failure", "DeleteServer", "DeleteSSHKey"}},
 		{name: "wait, snapshot stuck creating", step: "wait", images: []string{"stuck"}, state: Failed,
-			want: []string{"CreateSSHKey", "SetImageLabels", "DeleteImage", "DeleteServer", "DeleteSSHKey"}},
+			want: []string{"CreateSSHKey", "SetImageLabels", "DeleteImage", "CreateSSHKey:failure", "DeleteServer", "DeleteSSHKey"}},
 		{name: "cleanup", step: "cleanup", images: []string{"available"}, state: Done, left: 1,
 			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
 		{name: "unknown step", step: "dance", state: Failed,
-			want: []string{"CreateSSHKey", "DeleteServer", "DeleteSSHKey"}},
+			want: []string{"CreateSSHKey", "CreateSSHKey:failure", "DeleteServer", "DeleteSSHKey"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -517,6 +518,14 @@ func TestWaitHandsOver(t *testing.T) {
 	if res.State != InProgress || res.Step != StepWait || len(cont.reqs) != 1 {
 		t.Fatalf("result = %+v, continuations %d", res, len(cont.reqs))
 	}
+	// A snapshot takes its time: watching it is progress, bounded by
+	// SNAPSHOT_TIMEOUT, so hand-overs while it is created are not idle.
+	for hop := range 2 * maxIdleHops {
+		req := cont.reqs[len(cont.reqs)-1]
+		if res = b.Build(context.Background(), target, req); res.State != InProgress || req.Continuation.Idle != 0 {
+			t.Fatalf("hop %d: %+v, continuation %+v", hop, res, req.Continuation)
+		}
+	}
 	fc.snapshotsReadyAfter = 0
 	if res = b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("after the snapshot is ready: %+v", res)
@@ -531,18 +540,23 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 		name   string
 		remote *fakeRemote
 		err    string
+		code   string // of the failure record
 	}{
-		{"truncated download", &fakeRemote{failRun: errors.New("exit status 1: zstd: premature end")}, "premature end"},
-		{"mbr disk", &fakeRemote{table: mbrDisk()}, "an MBR partition table, not a GPT"},
-		{"missing META", &fakeRemote{table: tableWithoutMETA}, "lacks the Talos partition META"},
-		{"no table", &fakeRemote{table: make([]byte, 8<<20)}, "the disk has no partition table"},
+		{"truncated download", &fakeRemote{failRun: &ssh.ExitError{Status: 1, Tail: "zstd: premature end"}}, "premature end", "download"},
+		{"session broke", &fakeRemote{failRun: errors.New("ssh: unexpected EOF")}, "unexpected EOF", "rescue-ssh"},
+		{"mbr disk", &fakeRemote{table: mbrDisk()}, "an MBR partition table, not a GPT", "verify"},
+		{"missing META", &fakeRemote{table: tableWithoutMETA}, "lacks the Talos partition META", "verify"},
+		{"no table", &fakeRemote{table: make([]byte, 8<<20)}, "the disk has no partition table", "verify"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fc := newFakeCloud()
 			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
-			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) {
+			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) || res.Code != tt.code {
 				t.Errorf("result = %+v", res)
+			}
+			if rec, ok := fc.record(target); !ok || rec.Code != tt.code || rec.Failures != 1 {
+				t.Errorf("failure record %+v (found %v), want code %s", rec, ok, tt.code)
 			}
 			if s, k, i := fc.counts(); s != 0 || k != 0 || i != 0 {
 				t.Errorf("left %d servers, %d keys, %d images", s, k, i)

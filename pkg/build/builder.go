@@ -94,6 +94,9 @@ type Options struct {
 	// LeaseTTL is how long a lease outlives its last renewal, so that a
 	// crashed invocation blocks others only briefly; default 90s.
 	LeaseTTL time.Duration
+	// Failures says how a target that keeps failing backs off and when it
+	// is parked (failure.go).
+	Failures FailurePolicy
 	// SigningKey signs the continuations the Builder starts (SigningKey
 	// derives it from the Hetzner token); without one, no continuation is
 	// accepted.
@@ -155,6 +158,8 @@ type Deps struct {
 	// Schematics resolves the schematics beyond Options.Schematics (those
 	// of SCHEMATIC_CUSTOMIZATION) when a request needs them; nil: none.
 	Schematics SchematicResolver
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
 // New returns a Builder.
@@ -173,6 +178,9 @@ func New(d Deps, o Options) *Builder {
 	}
 	if b.owner == nil {
 		b.owner = func(context.Context) string { return randomID() }
+	}
+	if d.Now != nil {
+		b.now = d.Now
 	}
 	return b
 }

@@ -223,6 +223,25 @@ func (d Deployment) Claim(ctx context.Context, c MarkerCloud, now time.Time) err
 	return fmt.Errorf("claim the deployment marker %s: it keeps changing", name)
 }
 
+// Release deletes the cluster's marker if this deployment holds it: a
+// deployment torn down gives up its claim.
+func (d Deployment) Release(ctx context.Context, c MarkerCloud) error {
+	if d.ID == "" {
+		return nil
+	}
+	k, err := c.SSHKeyByName(ctx, d.MarkerName())
+	if err != nil {
+		return fmt.Errorf("look up the deployment marker: %w", err)
+	}
+	if k == nil || !d.isMarker(k) || k.Labels[labelDeployment] != d.ID {
+		return nil
+	}
+	if err := c.DeleteSSHKey(ctx, k); err != nil && !cloud.IsNotFound(err) {
+		return fmt.Errorf("give up the deployment's claim (SSH key %s): %w", k.Name, err)
+	}
+	return nil
+}
+
 // deployment is the Builder's identity.
 func (b *Builder) deployment() Deployment {
 	return Deployment{Cluster: b.opts.Cluster, ID: b.opts.Deployment}
@@ -274,4 +293,14 @@ func (r *run) lookup(ctx context.Context) (*hcloud.Server, error) {
 func isForeign(err error) bool {
 	var f *ForeignError
 	return errors.As(err, &f)
+}
+
+// refuse fails a build that must not act in this project (another
+// deployment claims the cluster, a resource of its name is not ours). It
+// changes nothing, not even a failure record: the target did not fail, and
+// the record would be written where this deployment may not write.
+func (r *run) refuse(ctx context.Context, step Step, code string, err error) Result {
+	r.log.ErrorContext(ctx, "build refused", "step", step, "error", err, "code", code)
+	r.res.State, r.res.Step, r.res.Error, r.res.Code = Failed, step, err.Error(), code
+	return r.res
 }

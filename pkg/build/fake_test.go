@@ -271,7 +271,11 @@ func (f *fakeCloud) SetImageLabels(_ context.Context, img *hcloud.Image, labels 
 func (f *fakeCloud) CreateSSHKey(_ context.Context, name, pub string, labels map[string]string) (*hcloud.SSHKey, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.call("CreateSSHKey"); err != nil {
+	call := "CreateSSHKey"
+	if labels[labelRole] == roleFailure {
+		call += ":failure"
+	}
+	if err := f.call(call); err != nil {
 		return nil, err
 	}
 	for _, k := range f.keys {
@@ -323,10 +327,29 @@ func (f *fakeCloud) DeleteSSHKey(_ context.Context, k *hcloud.SSHKey) error {
 	return nil
 }
 
+// counts counts what a build leaves: servers, keys other than failure
+// records (record tells those), and images.
 func (f *fakeCloud) counts() (servers, keys, images int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.servers), len(f.keys), len(f.images)
+	for _, k := range f.keys {
+		if k.Labels[labelRole] != roleFailure {
+			keys++
+		}
+	}
+	return len(f.servers), keys, len(f.images)
+}
+
+// record returns the failure record of t, if there is one.
+func (f *fakeCloud) record(t Target) (FailureRecord, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, k := range f.keys {
+		if rec, ok := ParseFailureRecord(k); ok && rec.Target == t {
+			return rec, true
+		}
+	}
+	return FailureRecord{}, false
 }
 
 func (f *fakeCloud) callLog() []string {

@@ -77,21 +77,8 @@ func newRescueLogged(ctx context.Context, pool *rescue.Pool, id int64, log *slog
 // byte and pass the verification; a cut-short download must fail the script
 // after its attempts.
 func TestInstallOnRescueHost(t *testing.T) {
-	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
-	t.Cleanup(func() {
-		if err := f.Close(); err != nil {
-			t.Errorf("close factory: %v", err)
-		}
-	})
-	base, err := f.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
 	tgt := Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.VanillaSchematic}
-	_, want, err := f.Image(tgt.Schematic, tgt.Version, tgt.Arch)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, base, want := startFactory(t, tgt)
 	fc := &talos.Factory{BaseURL: base}
 	const attempts = 2
 
@@ -211,21 +198,8 @@ func TestInstallOnRescueHost(t *testing.T) {
 // A failed attempt is retried from an emptied disk: a connection cut in
 // the middle of the first download leaves no trace once the second succeeds.
 func TestInstallRetriesOnRescueHost(t *testing.T) {
-	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
-	t.Cleanup(func() {
-		if err := f.Close(); err != nil {
-			t.Errorf("close factory: %v", err)
-		}
-	})
-	base, err := f.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
 	tgt := Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.VanillaSchematic}
-	_, want, err := f.Image(tgt.Schematic, tgt.Version, tgt.Arch)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, base, want := startFactory(t, tgt)
 	url, err := (&talos.Factory{BaseURL: base}).ImageURL(tgt.Schematic, tgt.Version, tgt.Arch, talos.Zstd)
 	if err != nil {
 		t.Fatal(err)
@@ -469,4 +443,25 @@ func quickDiskSize(t *testing.T) int64 {
 		t.Fatal(err)
 	}
 	return 2 * size
+}
+
+// startFactory serves quick images and returns the factory, its URL and the
+// digest of tgt's raw image.
+func startFactory(t *testing.T, tgt Target) (*factory.Factory, string, string) {
+	t.Helper()
+	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
+	t.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			t.Errorf("close factory: %v", err)
+		}
+	})
+	base, err := f.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, want, err := f.Image(tgt.Schematic, tgt.Version, tgt.Arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, base, want
 }

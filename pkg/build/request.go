@@ -120,6 +120,9 @@ type Result struct {
 	Location   string `json:"location,omitempty"`
 	ServerType string `json:"server_type,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// Code is the short code of a failure (Classify), "backed-off" or
+	// "parked" for a target a failure record holds.
+	Code string `json:"code,omitempty"`
 
 	// next is the continuation a build in progress goes on with; retry
 	// marks one that nothing carries on unless the request is run again.
@@ -134,8 +137,10 @@ type Response struct {
 	Next *Next `json:"next,omitempty"`
 }
 
-// FailedError is returned when a target failed: Lambda reports it as a
-// function error, with a message a person can act on.
+// FailedError is returned when a target failed deterministically (and
+// none is to be retried), with a message a person can act on. The Lambda
+// handler answers it with the response, not a function error, so that
+// Lambda does not retry a build that would fail again.
 type FailedError struct {
 	Results []Result
 }
@@ -170,8 +175,8 @@ func (e *RetryError) Error() string {
 
 // Handle builds every target of the request side by side, each as far as
 // this invocation can, and starts the next build of its queue when its
-// target is done. It returns *FailedError (with the response) when any
-// target failed, else *RetryError when any is to be retried.
+// target is done. It returns *RetryError (with the response) when any
+// target is to be retried, else *FailedError when any failed.
 func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
 	ctx = withInvocationStart(ctx, b.now())
 	if err := b.verify(r); err != nil {
@@ -200,11 +205,13 @@ func (b *Builder) each(ctx context.Context, r Request, build func(context.Contex
 	}
 	wg.Wait()
 	resp := Response{Results: results}
+	// A retry runs the whole request again; its failed targets are then
+	// held back by their failure records.
 	switch {
-	case slices.ContainsFunc(results, func(res Result) bool { return res.State == Failed }):
-		return resp, &FailedError{Results: results}
 	case slices.ContainsFunc(results, func(res Result) bool { return res.retry }):
 		return resp, &RetryError{Results: results}
+	case slices.ContainsFunc(results, func(res Result) bool { return res.State == Failed }):
+		return resp, &FailedError{Results: results}
 	}
 	return resp, nil
 }

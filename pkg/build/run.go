@@ -88,7 +88,9 @@ func (r *run) build(ctx context.Context) Result {
 		return r.failed(ctx, StepCheck, errTooShort(whole, StepInstall, b.opts.InstallTimeout))
 	}
 	srv, err := r.lookup(ctx)
-	if err != nil {
+	if isForeign(err) {
+		return r.refuse(ctx, StepCheck, "foreign", err)
+	} else if err != nil {
 		return r.failed(ctx, StepCheck, err)
 	}
 	if srv == nil {
@@ -98,6 +100,10 @@ func (r *run) build(ctx context.Context) Result {
 		}
 		if exists {
 			return r.res
+		}
+		// A target that keeps failing waits (failure.go).
+		if res, held := r.heldBack(ctx); held {
+			return res
 		}
 		// Nothing may be created for an image the factory does not serve.
 		// One it is still building (its first request builds it, for up to
@@ -109,7 +115,7 @@ func (r *run) build(ctx context.Context) Result {
 		}
 	}
 	if err := b.deployment().Check(ctx, b.cloud, b.now()); IsOtherDeployment(err) {
-		return r.failed(ctx, stepOf(srv), err)
+		return r.refuse(ctx, stepOf(srv), "other-deployment", err)
 	} else if err != nil {
 		return r.retryLater(ctx, stepOf(srv), err)
 	}
@@ -124,7 +130,7 @@ func (r *run) build(ctx context.Context) Result {
 		r.res.State, r.res.Step = InProgress, stepOf(srv)
 		return r.res
 	case isForeign(err):
-		return r.failed(ctx, stepOf(srv), err)
+		return r.refuse(ctx, stepOf(srv), "foreign", err)
 	case err != nil:
 		return r.retryLater(ctx, stepOf(srv), err)
 	}
@@ -132,7 +138,7 @@ func (r *run) build(ctx context.Context) Result {
 	// Another invocation may have moved on before we took the lease, or
 	// even finished the build (or a duplicate of this request did).
 	if srv, err = r.lookup(ctx); isForeign(err) {
-		return r.failed(ctx, StepCheck, err)
+		return r.refuse(ctx, StepCheck, "foreign", err)
 	} else if err != nil {
 		return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 	}
@@ -183,6 +189,9 @@ func (r *run) build(ctx context.Context) Result {
 		if errors.Is(err, errContinue) || cloud.IsLocked(err) {
 			return r.continueLater(ctx, step)
 		}
+		if isForeign(err) {
+			return r.refuse(ctx, step, "foreign", err)
+		}
 		if err != nil {
 			return r.abort(ctx, step, err)
 		}
@@ -192,6 +201,7 @@ func (r *run) build(ctx context.Context) Result {
 	}
 	r.res.State, r.res.Step = Done, ""
 	r.log.InfoContext(ctx, "snapshot ready", "snapshot_id", r.res.SnapshotID)
+	r.forget(ctx)
 	return r.res
 }
 
@@ -208,7 +218,7 @@ func (r *run) runStep(ctx context.Context, step Step, log *slog.Logger) (Step, e
 	case StepCleanup:
 		return r.cleanup(ctx, log)
 	}
-	return "", fmt.Errorf("server %s carries unknown step %q", r.name(), step)
+	return "", deterministic("unknown-step", fmt.Errorf("server %s carries unknown step %q", r.name(), step))
 }
 
 // A step answered `locked` is run again after a pause, a few times, before
@@ -347,6 +357,9 @@ func (r *run) findImage(ctx context.Context) (talos.Image, error) {
 		return *r.image, nil
 	}
 	img, err := r.b.factory.Find(ctx, r.t.Schematic, r.t.Version, r.t.Arch)
+	if err != nil && !talos.IsNotAvailable(err) && !talos.IsBuilding(err) {
+		return talos.Image{}, transient("factory", err) // an outage, or an answer we do not know
+	}
 	if err != nil {
 		return talos.Image{}, err
 	}
@@ -367,8 +380,8 @@ func errTooShort(whole time.Duration, step Step, need time.Duration) error {
 	if step == StepInstall {
 		budget = "INSTALL_TIMEOUT"
 	}
-	return fmt.Errorf("this invocation had %s in all (the function's timeout), but step %s needs %s (%s): "+
-		"raise the function's timeout or lower %s", whole.Round(time.Second), step, need, budget, budget)
+	return deterministic("function-timeout", fmt.Errorf("this invocation had %s in all (the function's timeout), but step %s needs %s (%s): "+
+		"raise the function's timeout or lower %s", whole.Round(time.Second), step, need, budget, budget))
 }
 
 func (r *run) haveTime(ctx context.Context, step Step) bool {
@@ -399,7 +412,8 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 		idle = r.idle + 1
 	}
 	if idle > maxIdleHops {
-		return r.failed(ctx, step, fmt.Errorf("%d invocations in a row handed step %s over without progress; giving up", idle, step))
+		return r.failed(ctx, step, deterministic("idle-hops",
+			fmt.Errorf("%d invocations in a row handed step %s over without progress; giving up", idle, step)))
 	}
 	r.lease.release(ctx)
 	r.res.State, r.res.Step = InProgress, step
@@ -416,7 +430,7 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 	if err := r.b.cont.Continue(cctx, req); err != nil {
 		// Lambda retries a function error; the Poller re-drives a build
 		// whose server has no live lease.
-		return r.retryLater(ctx, step, fmt.Errorf("continue in a new invocation: %w", err))
+		return r.retryLater(ctx, step, transient("continue", fmt.Errorf("continue in a new invocation: %w", err)))
 	}
 	log.InfoContext(ctx, "continuing in a new invocation", "idle", idle)
 	return r.res
@@ -426,21 +440,34 @@ func (r *run) continueLater(ctx context.Context, step Step) Result {
 // failed and that nothing else carries on: a function error, so that
 // Lambda runs the request again later.
 func (r *run) retryLater(ctx context.Context, step Step, err error) Result {
-	r.log.WarnContext(ctx, "build stopped, to be retried", "step", step, "error", err)
-	r.res.State, r.res.Step, r.res.Error, r.res.retry = InProgress, step, err.Error(), true
+	code, _ := Classify(err)
+	r.log.WarnContext(ctx, "build stopped, to be retried", "step", step, "error", err, "code", code)
+	r.res.State, r.res.Step, r.res.Error, r.res.Code, r.res.retry = InProgress, step, err.Error(), code, true
 	return r.res
 }
 
+// failed ends the build with err. A transient failure is retried by Lambda
+// (retryLater); a deterministic one fails the build and is recorded, so
+// that the target backs off (failure.go).
 func (r *run) failed(ctx context.Context, step Step, err error) Result {
-	r.log.ErrorContext(ctx, "build failed", "step", step, "error", err)
-	r.res.State, r.res.Step, r.res.Error = Failed, step, err.Error()
+	code, temporary := Classify(err)
+	if temporary {
+		return r.retryLater(ctx, step, err)
+	}
+	r.log.ErrorContext(ctx, "build failed", "step", step, "error", err, "code", code)
+	r.res.State, r.res.Step, r.res.Error, r.res.Code = Failed, step, err.Error(), code
+	r.remember(ctx, step, code)
 	return r.res
 }
 
 // abort fails the build and deletes its server: a failed build leaves
 // nothing behind, and the next request starts afresh. It deletes only while
-// the lease is ours.
+// the lease is ours. A transient failure keeps the server: Lambda's retry
+// goes on from its checkpoint.
 func (r *run) abort(ctx context.Context, step Step, err error) Result {
+	if _, temporary := Classify(err); temporary {
+		return r.retryLater(ctx, step, err)
+	}
 	res := r.failed(ctx, step, err)
 	if r.srv != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.b.opts.StepTimeout)
@@ -474,7 +501,7 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 		log.WarnContext(ctx, "configured server type not used", "server_type", s.name, "reason", s.reason)
 	}
 	if err != nil {
-		return "", err
+		return "", deterministic("server-type", err)
 	}
 	labels := r.t.targetLabels(b.opts.Cluster)
 	labels[labelRole] = roleBuildServer
@@ -516,8 +543,8 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 				return stepOf(srv), nil
 			case cloud.IsLimitExceeded(err):
 				// Another location or type would meet the same quota.
-				return "", fmt.Errorf("the project's server limit is reached (Hetzner's quota per account, small for new ones): "+
-					"delete servers or have the limit raised in the Cloud Console under Limits: %w", err)
+				return "", deterministic("server-limit", fmt.Errorf("the project's server limit is reached (Hetzner's quota per account, "+
+					"small for new ones): delete servers or have the limit raised in the Cloud Console under Limits: %w", err))
 			case cloud.IsNoCapacity(err):
 				log.WarnContext(ctx, "no capacity, trying the next option", "server_type", st.Name, "location", loc, "error", err)
 			default:
@@ -527,15 +554,16 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 	}
 	types, locs := strings.Join(typeNames(plan.types), ", "), strings.Join(b.opts.Locations, ", ")
 	if !tried {
-		return "", fmt.Errorf("none of %s (%d GB disk) is sold in %s; add a location that sells one", types, plan.disk, locs)
+		return "", deterministic("not-sold", fmt.Errorf("none of %s (%d GB disk) is sold in %s; add a location that sells one",
+			types, plan.disk, locs))
 	}
-	return "", fmt.Errorf("no capacity for %s (%d GB disk) in %s; a bigger disk would make a snapshot that cannot create %d GB servers",
-		types, plan.disk, locs, plan.disk)
+	return "", deterministic("no-capacity", fmt.Errorf("no capacity for %s (%d GB disk) in %s; a bigger disk would make a "+
+		"snapshot that cannot create %d GB servers", types, plan.disk, locs, plan.disk))
 }
 
 func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
-	ctx, cancel := context.WithTimeout(ctx, b.opts.InstallTimeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, b.opts.InstallTimeout, errInstallTimeout)
 	defer cancel()
 	img, err := r.findImage(ctx)
 	if err != nil {
@@ -552,16 +580,16 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	log.InfoContext(ctx, "waiting for the rescue system", "addr", addr)
 	remote, err := b.dial(ctx, addr, r.lease.key, log)
 	if err != nil {
-		return "", fmt.Errorf("reach rescue system of %s: %w", r.name(), err)
+		return "", deterministic("rescue-unreachable", fmt.Errorf("reach rescue system of %s: %w", r.name(), err))
 	}
 	defer remote.Close()
 	log.InfoContext(ctx, "writing image", "url", img.URL, "compression", img.Compression)
 	if err := writeImage(ctx, remote, img); err != nil {
-		return "", err
+		return "", rescueFailure(ctx, "download", err)
 	}
 	parts, err := verifyDisk(ctx, remote, r.t, log)
 	if err != nil {
-		return "", err
+		return "", deterministic("verify", err)
 	}
 	log.InfoContext(ctx, "image written and verified", "partitions", parts)
 	if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
@@ -689,6 +717,8 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 		if b.now().Add(pause).After(until) {
 			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", creating.ID)
+			// Watching counts as progress: SNAPSHOT_TIMEOUT bounds it.
+			r.progressed = true
 			return "", errContinue
 		}
 		select {
@@ -706,7 +736,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 func (r *run) retake(ctx context.Context, log *slog.Logger) (Step, error) {
 	n, _ := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts])
 	if n++; n >= maxSnapshotAttempts {
-		return "", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.name(), n)
+		return "", deterministic("snapshot-vanished", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.name(), n))
 	}
 	log.WarnContext(ctx, "no snapshot of the server exists, taking it again", "attempt", n+1)
 	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, map[string]string{labelSnapshotAttempts: strconv.Itoa(n)})
@@ -738,8 +768,8 @@ func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *sl
 			continue
 		}
 		r.discard(ctx, img, why, log)
-		return nil, fmt.Errorf("snapshot %d of %s failed: %s (status %q, %s old, SNAPSHOT_TIMEOUT %s)",
-			img.ID, r.name(), why, img.Status, r.b.now().Sub(img.Created).Round(time.Second), r.b.opts.SnapshotTimeout)
+		return nil, deterministic("snapshot-"+why, fmt.Errorf("snapshot %d of %s failed: %s (status %q, %s old, SNAPSHOT_TIMEOUT %s)",
+			img.ID, r.name(), why, img.Status, r.b.now().Sub(img.Created).Round(time.Second), r.b.opts.SnapshotTimeout))
 	}
 	switch {
 	case creating != nil:
@@ -753,20 +783,16 @@ func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *sl
 
 var errNoSnapshot = errors.New("no snapshot of the build server")
 
-// discard deletes a failed snapshot. It first takes away every label but
-// the management, build and failed ones, so that no consumer and no target
-// counts it even if it becomes available before it can be deleted (being
-// created, it is locked); a later look deletes one that is left.
+// discard deletes a failed snapshot, or takes its consumer labels away
+// when it cannot be deleted yet (DiscardSnapshot).
 func (r *run) discard(ctx context.Context, img *hcloud.Image, why string, log *slog.Logger) {
-	if img.Labels[labelFailed] == "" {
-		marked := map[string]string{label.Managed: label.ManagedValue, labelBuild: img.Labels[labelBuild], labelFailed: why}
-		if err := r.b.cloud.SetImageLabels(ctx, img, marked); err != nil {
-			log.ErrorContext(ctx, "mark failed snapshot", "snapshot_id", img.ID, "reason", why, "error", err)
-		}
-	}
-	if err := r.b.cloud.DeleteImage(ctx, img); err != nil {
+	deleted, err := DiscardSnapshot(ctx, r.b.cloud, img, why)
+	if !deleted {
 		log.WarnContext(ctx, "failed snapshot cannot be deleted yet", "snapshot_id", img.ID, "reason", why, "error", err)
 		return
+	}
+	if err != nil {
+		log.ErrorContext(ctx, "mark failed snapshot", "snapshot_id", img.ID, "reason", why, "error", err)
 	}
 	log.WarnContext(ctx, "deleted failed snapshot", "snapshot_id", img.ID, "reason", why)
 }

@@ -3,6 +3,7 @@ package build
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -27,6 +28,7 @@ func OptionsFrom(c config.Config, schematics []string) Options {
 		Labels:        c.SnapshotLabels,
 		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,
 		SnapshotWait: c.SnapshotWait, SnapshotTimeout: c.SnapshotTimeout, LeaseTTL: c.LeaseTTL,
+		Failures:   FailurePolicyFrom(c),
 		SigningKey: SigningKey(c.HCloudToken),
 	}
 }
@@ -121,7 +123,15 @@ func (b *Builder) HandlePayload(ctx context.Context, payload json.RawMessage) (R
 	if err != nil {
 		return Response{}, err
 	}
-	return b.Handle(ctx, r)
+	resp, err := b.Handle(ctx, r)
+	// A build that failed deterministically would fail the same way when
+	// Lambda retried it, which it does only for a function error: the
+	// response says it failed, and its failure is recorded (failure.go).
+	var failed *FailedError
+	if errors.As(err, &failed) {
+		return resp, nil
+	}
+	return resp, err
 }
 
 // RunUntilDone handles the request in this process and follows its

@@ -89,7 +89,23 @@ type Config struct {
 	// build counts as failed.
 	SnapshotTimeout time.Duration `env:"SNAPSHOT_TIMEOUT, default=30m"`
 	LeaseTTL        time.Duration `env:"LEASE_TTL, default=90s"`
+
+	// FailureBackoff is how long a target whose build failed waits before
+	// the Poller builds it again; the wait doubles with every further
+	// failure, up to a day. After FailureLimit failures the target is
+	// parked until its version, schematic or configuration changes, or a
+	// request with force.
+	FailureBackoff time.Duration `env:"FAILURE_BACKOFF, default=1h"`
+	FailureLimit   int           `env:"FAILURE_LIMIT, default=4"`
 }
+
+// Bounds of the failure settings: the backoff starts at a poll interval
+// (the schedule is hourly by default) and is capped at a day.
+const (
+	MinFailureBackoff = time.Minute
+	MaxFailureBackoff = 24 * time.Hour
+	MaxFailureLimit   = 100
+)
 
 // Step budgets, so that every step fits one Builder invocation: Lambda's
 // maximum timeout (15m, which the template sets) less a minute.
@@ -316,6 +332,13 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotTimeout < 10*time.Second || (c.BuildServerTTL >= 30*time.Minute && c.SnapshotTimeout >= c.BuildServerTTL) {
 		add("SNAPSHOT_TIMEOUT: %s; at least 10s and less than BUILD_SERVER_TTL (%s), which deletes the build server", c.SnapshotTimeout, c.BuildServerTTL)
+	}
+	if c.FailureBackoff < MinFailureBackoff || c.FailureBackoff > MaxFailureBackoff {
+		add("FAILURE_BACKOFF: %s; between %s and %s (e.g. the poll interval, 1h)", short(c.FailureBackoff),
+			short(MinFailureBackoff), short(MaxFailureBackoff))
+	}
+	if c.FailureLimit < 1 || c.FailureLimit > MaxFailureLimit {
+		add("FAILURE_LIMIT: %d; between 1 and %d failures before a target is parked", c.FailureLimit, MaxFailureLimit)
 	}
 	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
 		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)

@@ -45,6 +45,8 @@ func TestDefaults(t *testing.T) {
 		SnapshotWait:     2 * time.Minute,
 		SnapshotTimeout:  30 * time.Minute,
 		LeaseTTL:         90 * time.Second,
+		FailureBackoff:   time.Hour,
+		FailureLimit:     4,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -89,6 +91,8 @@ func TestEveryField(t *testing.T) {
 		"SNAPSHOT_WAIT":           "1s",
 		"SNAPSHOT_TIMEOUT":        "5m",
 		"LEASE_TTL":               "3s",
+		"FAILURE_BACKOFF":         "15m",
+		"FAILURE_LIMIT":           "2",
 	}
 	c, err := load(t, env)
 	if err != nil {
@@ -122,6 +126,8 @@ func TestEveryField(t *testing.T) {
 		SnapshotWait:        time.Second,
 		SnapshotTimeout:     5 * time.Minute,
 		LeaseTTL:            3 * time.Second,
+		FailureBackoff:      15 * time.Minute,
+		FailureLimit:        2,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -217,6 +223,12 @@ func TestRejections(t *testing.T) {
 		{"snapshot wait", map[string]string{"SNAPSHOT_WAIT": "-1s"}, "SNAPSHOT_WAIT: -1s; between 1s and 12m"},
 		{"snapshot timeout", map[string]string{"SNAPSHOT_TIMEOUT": "3h"}, "SNAPSHOT_TIMEOUT: 3h0m0s; at least 10s and less than BUILD_SERVER_TTL (2h0m0s), which deletes the build server"},
 		{"lease", map[string]string{"LEASE_TTL": "1s"}, "LEASE_TTL: 1s; between 3s and 15m"},
+		{"failure backoff short", map[string]string{"FAILURE_BACKOFF": "30s"},
+			"FAILURE_BACKOFF: 30s; between 1m and 24h (e.g. the poll interval, 1h)"},
+		{"failure backoff long", map[string]string{"FAILURE_BACKOFF": "25h"},
+			"FAILURE_BACKOFF: 25h; between 1m and 24h (e.g. the poll interval, 1h)"},
+		{"failure limit", map[string]string{"FAILURE_LIMIT": "0"}, "FAILURE_LIMIT: 0; between 1 and 100 failures before a target is parked"},
+		{"failure limit high", map[string]string{"FAILURE_LIMIT": "101"}, "FAILURE_LIMIT: 101; between 1 and 100 failures before a target is parked"},
 		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
 			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
 	}

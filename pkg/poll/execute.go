@@ -11,11 +11,15 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 )
 
-// Deleter is what the executor deletes with; *cloud.Client.
+// Deleter is what the executor changes the project with; *cloud.Client.
+// Besides deleting, it discards failed snapshots and writes failure
+// records (failures.go).
 type Deleter interface {
 	DeleteServer(ctx context.Context, s *hcloud.Server) error
 	DeleteImage(ctx context.Context, img *hcloud.Image) error
 	DeleteSSHKey(ctx context.Context, k *hcloud.SSHKey) error
+	build.SnapshotCloud
+	build.RecordCloud
 }
 
 // Invoker starts a Builder invocation for a request without waiting for it.
@@ -47,8 +51,9 @@ func (e Executor) logger() *slog.Logger {
 
 // Cleanup carries out what needs only the Hetzner listings: first it
 // collects expired servers and keys (which frees their names), then prunes,
-// then re-drives. It goes on past a failed action, records the error in
-// the action's item and returns all failures joined.
+// then discards failed snapshots and keeps the failure records
+// (failures.go), then re-drives. It goes on past a failed action, records
+// the error in the action's item and returns all failures joined.
 func (e Executor) Cleanup(ctx context.Context, p *Plan) error {
 	log := e.logger()
 	var errs []error
@@ -73,10 +78,11 @@ func (e Executor) Cleanup(ctx context.Context, p *Plan) error {
 	del("snapshot", p.Prune, func(r Resource) error {
 		return e.Cloud.DeleteImage(ctx, &hcloud.Image{ID: r.ID, Description: r.Name})
 	})
+	errs = append(errs, e.applyFailures(ctx, &p.FailurePlan, log)...)
 	for i := range p.Redrives {
 		it := &p.Redrives[i]
-		if err := e.invoke(ctx, "re-drive", build.Request{Version: it.Version, Arch: it.Arch, Schematic: it.Schematic},
-			it.Reason); err != nil {
+		if err := e.invoke(ctx, "re-drive", build.Request{Version: it.Version, Arch: it.Arch, Schematic: it.Schematic,
+			Force: it.Force}, it.Reason); err != nil {
 			it.Error = err.Error()
 			errs = append(errs, err)
 		}

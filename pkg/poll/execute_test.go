@@ -9,24 +9,23 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 )
 
 // fakeDeleter records deletions in order and fails those in fail.
 type fakeDeleter struct {
 	calls []string
-	fail  map[string]bool
+	fail  map[string]error
 }
 
 func (f *fakeDeleter) do(call string) error {
 	f.calls = append(f.calls, call)
-	if f.fail[call] {
-		return fmt.Errorf("%s: boom", call)
-	}
-	return nil
+	return f.fail[call]
 }
 
 func (f *fakeDeleter) DeleteServer(_ context.Context, s *hcloud.Server) error {
@@ -37,6 +36,18 @@ func (f *fakeDeleter) DeleteImage(_ context.Context, img *hcloud.Image) error {
 }
 func (f *fakeDeleter) DeleteSSHKey(_ context.Context, k *hcloud.SSHKey) error {
 	return f.do(fmt.Sprintf("key %d %s", k.ID, k.Name))
+}
+func (f *fakeDeleter) SetImageLabels(_ context.Context, img *hcloud.Image, l map[string]string) error {
+	return f.do(fmt.Sprintf("label image %d %d", img.ID, len(l)))
+}
+func (f *fakeDeleter) CreateSSHKey(_ context.Context, name, _ string, l map[string]string) (*hcloud.SSHKey, error) {
+	return &hcloud.SSHKey{Name: name, Labels: l}, f.do("create key " + name + " failures=" + l[label.OwnPrefix+"failures"])
+}
+func (f *fakeDeleter) SSHKeyByName(context.Context, string) (*hcloud.SSHKey, error) {
+	return nil, f.do("get key")
+}
+func (f *fakeDeleter) SetSSHKeyLabels(_ context.Context, k *hcloud.SSHKey, l map[string]string) error {
+	return f.do(fmt.Sprintf("label key %d failures=%s", k.ID, l[label.OwnPrefix+"failures"]))
 }
 
 func TestExecutor(t *testing.T) {
@@ -63,7 +74,7 @@ func TestExecutor(t *testing.T) {
 		}
 		return nil
 	}
-	cloud := &fakeDeleter{fail: map[string]bool{"image 3": true}}
+	cloud := &fakeDeleter{fail: map[string]error{"image 3": errors.New("image 3: boom")}}
 	p := plan()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e := Executor{Cloud: cloud, Builder: builder, Logger: log}
@@ -124,5 +135,42 @@ func TestParsePayload(t *testing.T) {
 		if dry != tt.dryRun || (err != nil) != tt.err {
 			t.Errorf("ParsePayload(%s) = %v, %v; want %v, error %v", tt.payload, dry, err, tt.dryRun, tt.err)
 		}
+	}
+}
+
+// TestExecutorAppliesFailures: a failed snapshot is marked and deleted and
+// its target's failure recorded (a new record, or the existing one
+// relabelled); records that no longer apply are deleted; a snapshot still
+// locked by its action stays marked without failing the poll.
+func TestExecutorAppliesFailures(t *testing.T) {
+	pol := build.FailurePolicy{Config: "cfg"}
+	first := pol.Record(nil, tgt("v1.13.9/amd64"), "", "snapshot-timeout", build.StepWait, failureOrigin, time.Now())
+	prev := pol.Record(nil, tgt("v1.13.9/arm64"), "", "download", build.StepInstall, "req", time.Now())
+	prev.Key = &hcloud.SSHKey{ID: 9, Name: prev.Name(), Labels: prev.Labels()}
+	second := pol.Record(&prev, tgt("v1.13.9/arm64"), "", "snapshot-timeout", build.StepWait, failureOrigin, time.Now())
+	img := func(id int64) *hcloud.Image {
+		return &hcloud.Image{ID: id, Labels: map[string]string{label.Managed: label.ManagedValue, label.OS: "talos"}}
+	}
+	p := &Plan{FailurePlan: FailurePlan{
+		FailSnapshots: []FailedSnapshot{
+			{Resource: Resource{ID: 1}, img: img(1), why: "timeout", record: &first},
+			{Resource: Resource{ID: 2}, img: img(2), why: "timeout", record: &second},
+			{Resource: Resource{ID: 3}, img: img(3), why: "status-unavailable"},
+		},
+		DeleteRecords: []Resource{{ID: 4, Name: "failed-old", Reason: "r"}},
+	}}
+	cloud := &fakeDeleter{fail: map[string]error{"image 2": hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "locked"}}}
+	err := Executor{Cloud: cloud, Logger: slog.New(slog.DiscardHandler)}.Cleanup(context.Background(), p)
+	want := []string{
+		"label image 1 2", "image 1", "create key " + first.Name() + " failures=1",
+		"label image 2 2", "image 2", "label key 9 failures=2",
+		"label image 3 2", "image 3",
+		"key 4 failed-old",
+	}
+	if !slices.Equal(cloud.calls, want) {
+		t.Errorf("calls:\n got %v\nwant %v", cloud.calls, want)
+	}
+	if err != nil || p.FailSnapshots[1].Error == "" || p.FailSnapshots[0].Error != "" {
+		t.Errorf("err = %v, items %+v", err, p.FailSnapshots)
 	}
 }

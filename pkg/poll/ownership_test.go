@@ -260,6 +260,21 @@ func TestTwoDeploymentsShareAProject(t *testing.T) {
 		t.Errorf("the refused deployment made %d changing requests", n)
 	}
 
+	// The refused deployment's teardown deletes nothing of prod's; prod's
+	// own gives up its claim, and prod2 may take the cluster.
+	if _, err := prod2.poller().Teardown(context.Background(), false); !build.IsOtherDeployment(err) {
+		t.Errorf("the refused deployment's teardown: %v", err)
+	}
+	if n := prod.mutations() - mutations; n != 0 {
+		t.Errorf("the refused deployment made %d changing requests", n)
+	}
+	if _, err := prod.poller().Teardown(context.Background(), false); err != nil {
+		t.Fatalf("prod's teardown: %v", err)
+	}
+	if _, err := prod2.run(false); err != nil {
+		t.Errorf("prod2's poll after prod's teardown: %v", err)
+	}
+
 	// Two deployments without a cluster.
 	a := attach(t, st, "eu-central-1.a-builder", nil)
 	b := attach(t, st, "eu-central-1.b-builder", map[string]string{"TRACK_MINORS": "1"})

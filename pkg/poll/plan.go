@@ -22,6 +22,7 @@ type Rules struct {
 	MaxBuilds     int           // new builds per poll
 	ServerTTL     time.Duration // build servers and lease keys older than this are collected
 	KeepOthers    int           // snapshots of untracked versions kept per architecture and schematic
+	FailureRules                // failure records and stuck snapshots (failures.go)
 }
 
 // State is what the planner decides on.
@@ -34,6 +35,8 @@ type State struct {
 	// builder (build.BuildServerSelector, build.LeaseSelector).
 	Servers []*hcloud.Server
 	Keys    []*hcloud.SSHKey
+	// Records are the failure records (build.FailureSelector).
+	Records []*hcloud.SSHKey
 	// Unserved holds the targets the image factory does not serve (yet),
 	// with why; every other target counts as served.
 	Unserved map[build.Target]string
@@ -71,11 +74,12 @@ type Plan struct {
 	CollectServers []Resource `json:"collected_servers"`
 	CollectKeys    []Resource `json:"collected_keys"`
 	Prune          []Resource `json:"pruned"`
+	FailurePlan
 }
 
 // Empty tells whether the plan does nothing.
 func (p Plan) Empty() bool {
-	return len(p.Builds)+len(p.Redrives)+len(p.CollectServers)+len(p.CollectKeys)+len(p.Prune) == 0
+	return len(p.Builds)+len(p.Redrives)+len(p.CollectServers)+len(p.CollectKeys)+len(p.Prune)+p.FailurePlan.actions() == 0
 }
 
 // NewPlan decides what a poll does. It is a pure function of its inputs.
@@ -96,13 +100,18 @@ func (p Plan) Empty() bool {
 //     version is rebuilt (Force) last, to be the most recent again;
 //   - Deferred: those left for a later poll (the cap, a factory that does
 //     not serve the image yet or is building it, a server being collected,
-//     a build of the group under way, which carries its own queue on);
+//     a build of the group under way, which carries its own queue on, a
+//     failure record that holds the target);
 //   - Redrives: build servers of ours, of a group we build, whose lease key
 //     is absent or expired: no invocation carries their build on;
 //   - CollectServers and CollectKeys: build servers of ours older than
 //     Rules.ServerTTL whose lease is not held, and lease keys as old whose
 //     lease is not held;
-//   - Prune: available snapshots of ours beyond the retention policy.
+//   - Prune: available snapshots of ours beyond the retention policy;
+//   - FailurePlan (failures.go): targets whose failure records hold them
+//     are deferred, neither built nor re-driven; failed snapshots that no
+//     build watches are discarded and their failures recorded; records
+//     that no longer apply are deleted.
 func NewPlan(s State, r Rules) Plan {
 	p := Plan{Builds: []Item{}, Redrives: []Item{}, Deferred: []Item{},
 		CollectServers: []Resource{}, CollectKeys: []Resource{}, Prune: []Resource{}}
@@ -132,6 +141,7 @@ func NewPlan(s State, r Rules) Plan {
 		}
 	}
 	p.Redrives = redrives(s, r, keys, collected)
+	s = p.holdFailures(s, r, collected) // failures.go: failed snapshots, backed-off and parked targets
 
 	todo, deferred := missing(s, r, collected)
 	p.Deferred = append(p.Deferred, deferred...)

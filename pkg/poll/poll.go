@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -71,6 +72,7 @@ func OptionsFrom(c config.Config, schematics []string) (Options, error) {
 	return Options{Policy: p, AnonymousGitHub: c.GitHubToken == "", Rules: Rules{
 		Architectures: c.Architectures, Schematics: schematics, Cluster: c.Cluster,
 		MaxBuilds: c.MaxBuildsPerPoll, ServerTTL: c.BuildServerTTL, KeepOthers: c.KeepOthers,
+		FailureRules: FailureRules{Failures: build.FailurePolicyFrom(c), SnapshotTimeout: c.SnapshotTimeout},
 	}}, nil
 }
 
@@ -179,6 +181,9 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, build.LeaseSelector()); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
+	if st.Records, err = p.d.Cloud.SSHKeys(ctx, build.FailureSelector()); err != nil {
+		return rep, fmt.Errorf("poll: nothing done: %w", err)
+	}
 	rules := p.opts.Rules
 	if p.d.Schematics != nil {
 		// On failure, the configured schematics: the customization's is
@@ -189,13 +194,15 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 		}
 	}
 	// Collection, pruning and re-drives do not depend on the factory's
-	// answers: they are final now.
+	// answers: they are final now. Carrying them out relabels some of the
+	// listed resources in place: the builds are planned on a copy.
+	listed := st.clone()
 	rep.Plan = NewPlan(st, rules)
 	exec := Executor{Cloud: p.d.Cloud, Builder: p.d.Builder, Logger: p.log}
 	if !dryRun {
 		errs = append(errs, exec.Cleanup(ctx, &rep.Plan))
 	}
-	if st.Unserved, err = p.unserved(ctx, st, rules); err != nil {
+	if listed.Unserved, err = p.unserved(ctx, listed, rules); err != nil {
 		errs = append(errs, fmt.Errorf("ask the image factory: %w", err))
 		rep.Skipped = append(rep.Skipped, "builds: the image factory was not asked in time: "+err.Error())
 		for _, it := range rep.Builds {
@@ -203,7 +210,7 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 		}
 		rep.Builds = []Item{}
 	} else {
-		full := NewPlan(st, rules)
+		full := NewPlan(listed, rules)
 		rep.Builds, rep.Deferred = full.Builds, full.Deferred
 	}
 	p.log.Info("poll planned", "dry_run", dryRun, "tracked", rep.Tracked, "builds", len(rep.Builds),
@@ -220,6 +227,36 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 		return rep, fmt.Errorf("poll: %w", err)
 	}
 	return rep, nil
+}
+
+// clone copies the state deeply enough that changing the labels of the
+// listed resources, as the executor does, leaves the copy as listed.
+func (s State) clone() State {
+	c := s
+	c.Snapshots = cloneAll(s.Snapshots, func(img hcloud.Image) hcloud.Image {
+		img.Labels = maps.Clone(img.Labels)
+		return img
+	})
+	c.Servers = cloneAll(s.Servers, func(srv hcloud.Server) hcloud.Server {
+		srv.Labels = maps.Clone(srv.Labels)
+		return srv
+	})
+	keys := func(k hcloud.SSHKey) hcloud.SSHKey {
+		k.Labels = maps.Clone(k.Labels)
+		return k
+	}
+	c.Keys, c.Records = cloneAll(s.Keys, keys), cloneAll(s.Records, keys)
+	c.Unserved = maps.Clone(s.Unserved)
+	return c
+}
+
+func cloneAll[T any](in []*T, clone func(T) T) []*T {
+	out := make([]*T, len(in))
+	for i, v := range in {
+		c := clone(*v)
+		out[i] = &c
+	}
+	return out
 }
 
 // factoryChecks is how many targets a poll asks the image factory about at
@@ -310,13 +347,4 @@ func ParsePayload(payload []byte) (dryRun bool, err error) {
 		return false, fmt.Errorf(`invalid payload: %w; want a scheduled event or {"dry_run":true}`, err)
 	}
 	return p.DryRun, nil
-}
-
-// HandlePayload is the Lambda handler.
-func (p *Poller) HandlePayload(ctx context.Context, payload json.RawMessage) (Report, error) {
-	dryRun, err := ParsePayload(payload)
-	if err != nil {
-		return Report{}, err
-	}
-	return p.Run(ctx, dryRun)
 }

@@ -111,19 +111,24 @@ func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *wo
 	return w
 }
 
-// run polls once.
-func (w *world) run(dryRun bool) (poll.Report, error) {
+// poller returns the deployment's Poller.
+func (w *world) poller() *poll.Poller {
 	w.t.Helper()
 	opts, err := poll.OptionsFrom(w.cfg, w.schematics.Configured())
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	opts.Deployment = w.deployment
-	p := poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics,
+	return poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics,
 		Builder: w.rec, Logger: w.log, Now: w.now}, opts)
+}
+
+// run polls once.
+func (w *world) run(dryRun bool) (poll.Report, error) {
+	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return p.Run(ctx, dryRun)
+	return w.poller().Run(ctx, dryRun)
 }
 
 // poll polls once, successfully.

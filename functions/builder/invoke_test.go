@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
+)
+
+// makeInvoke runs `make invoke FN=fn EVENT=event` in the repository with
+// this process's environment less anything that points at a cloud, plus
+// env, and returns stdout, stderr and the exit status.
+func makeInvoke(t *testing.T, env map[string]string, fn, event string) (string, string, int) {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "make", "-s", "--no-print-directory", "invoke", "FN="+fn, "EVENT="+event)
+	cmd.Dir = root
+	// A make running these tests (make test) would pass its command line
+	// on through MAKEFLAGS.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "HCLOUD_") && !strings.HasPrefix(kv, "GITHUB_") &&
+			!strings.HasPrefix(kv, "MAKE") && !strings.HasPrefix(kv, "MFLAGS=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	// SIGTERM lets scripts/invoke stop the emulator it started.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return stdout.String(), stderr.String(), ee.ExitCode()
+	case err != nil:
+		t.Fatalf("make invoke: %v", err)
+	}
+	return stdout.String(), stderr.String(), 0
+}
+
+// TestMakeInvokeContinuesLocally runs a Builder build through `make invoke`
+// (scripts/invoke: the bootstrap under the Lambda Runtime Interface
+// Emulator, as sam local runs it) on the local cloud, with a snapshot that
+// outlasts SNAPSHOT_WAIT, so that the build hands over to a new invocation
+// twice or more. A local run follows those continuations in its own
+// invocation: a deployed-looking function of the name it is given, which a
+// continuation through the Lambda API would reach, is never invoked.
+func TestMakeInvokeContinuesLocally(t *testing.T) {
+	st, err := stack.Start(stack.Options{ActionDurations: map[string]time.Duration{"create_image": 2500 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	const deployed = "hcloud-k8s-builder"
+	emu, err := st.StartLambda(map[string]lambda.Function{
+		deployed: {Bootstrap: bootstrap, Timeout: time.Minute, PoolSize: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+
+	env := st.Env()
+	for k, v := range map[string]string{
+		"BOOTSTRAP":                 bootstrap,
+		"SNAPSHOT_WAIT":             "1s",
+		"AWS_LAMBDA_FUNCTION_NAME":  deployed,
+		"AWS_ENDPOINT_URL_LAMBDA":   emu.URL(),
+		"AWS_ACCESS_KEY_ID":         "local",
+		"AWS_SECRET_ACCESS_KEY":     "local",
+		"AWS_REGION":                "eu-central-1",
+		"AWS_EC2_METADATA_DISABLED": "true",
+	} {
+		env[k] = v
+	}
+	stdout, stderr, exit := makeInvoke(t, env, "Builder", "events/build.json")
+	if exit != 0 {
+		t.Fatalf("make invoke exited %d\nstdout:\n%s\nstderr:\n%s", exit, stdout, stderr)
+	}
+	var resp build.Response
+	if err := json.Unmarshal([]byte(stdout), &resp); err != nil || len(resp.Results) != 1 || resp.Results[0].State != build.Done {
+		t.Fatalf("response %s (%v), want one target done; stderr:\n%s", stdout, err, stderr)
+	}
+	want := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
+	var snaps int
+	for _, img := range st.Cloud.Images() {
+		if tg, ok := build.TargetFromLabels(img.Labels); ok && img.Type == "snapshot" && img.Status == "available" && tg == want {
+			snaps++
+		}
+	}
+	if snaps != 1 {
+		t.Errorf("%d available snapshots of %v, want 1", snaps, want)
+	}
+	// Every invocation takes the lease anew: a key per hand-over.
+	if leases := st.Cloud.CountRequests("POST", "/v1/ssh_keys"); leases < 2 {
+		t.Errorf("%d lease keys created, want 2 or more: the build did not hand over", leases)
+	}
+	if !strings.Contains(stderr, "snapshot still being created") {
+		t.Errorf("no hand-over in the log:\n%s", stderr)
+	}
+	if n := len(emu.Invocations(deployed)); n != 0 {
+		t.Errorf("the local run invoked %s %d times through the Lambda API, want 0", deployed, n)
+	}
+	if s, k := st.Cloud.Servers(), st.Cloud.SSHKeys(); len(s)+len(k) != 0 {
+		t.Errorf("left behind: servers %+v, keys %+v", s, k)
+	}
+}
