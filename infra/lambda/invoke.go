@@ -71,8 +71,10 @@ func (e *Emulator) run(fn *function, id string, typ InvocationType, attempt int,
 	}
 	rec.Start = time.Now()
 	out, reusable := inst.invoke(e.ctx, id, payload, clientContext, fn.timeout)
-	fn.pool.release(inst, reusable)
+	// The end is taken before the instance goes back to the pool: a waiting
+	// invocation's start must not precede it.
 	rec.End = time.Now()
+	fn.pool.release(inst, reusable)
 	rec.Duration = out.duration
 	rec.BilledMS = max(1, int64(math.Ceil(float64(out.duration)/float64(time.Millisecond))))
 	rec.Result = out.payload
