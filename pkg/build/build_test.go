@@ -697,3 +697,20 @@ func TestImageBeingBuiltIsRetried(t *testing.T) {
 		t.Errorf("mutating calls %v", m)
 	}
 }
+
+// TestNameTakenButServerGone: a create meets uniqueness_error, but the
+// server that took the name is gone by the lookup: nothing to adopt, and the
+// request is to be retried (a function error), not recorded as a failure.
+func TestNameTakenButServerGone(t *testing.T) {
+	fc := newFakeCloud()
+	fc.failOn["CreateServer"] = hcloud.Error{Code: hcloud.ErrorCodeUniquenessError, Message: "server name is already used"}
+	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	_, err := b.Handle(context.Background(), Request{Version: "v1.13.9", Arch: "amd64"})
+	var retry *RetryError
+	if !errors.As(err, &retry) || !strings.Contains(err.Error(), "its name was taken, but the server is gone") || strings.Contains(err.Error(), "%!") {
+		t.Fatalf("error = %v, want a retry that says the server is gone", err)
+	}
+	if s, k, _ := fc.counts(); s != 0 || k != 0 {
+		t.Errorf("left %d servers, %d keys", s, k)
+	}
+}

@@ -535,8 +535,14 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 			case cloud.IsConflict(err):
 				// A retried create whose first try went through: adopt it,
 				// if it is ours.
-				if srv, err = r.lookup(ctx); err != nil || srv == nil {
+				srv, err = r.lookup(ctx)
+				if err != nil {
 					return "", fmt.Errorf("adopt server %s: %w", r.name(), err)
+				}
+				if srv == nil {
+					// The server that took the name is gone by now: nothing
+					// to adopt, and a retry creates it afresh.
+					return "", transient("server-gone", fmt.Errorf("adopt server %s: its name was taken, but the server is gone", r.name()))
 				}
 				log.InfoContext(ctx, "server exists, adopting it", "server_id", srv.ID)
 				r.setServer(srv)
