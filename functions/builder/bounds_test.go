@@ -74,9 +74,9 @@ func TestKilledThenRetriedAtOnce(t *testing.T) {
 			w := newWorld(t, setup{stack: stack.Options{ActionDurations: map[string]time.Duration{"create_image": 500 * time.Millisecond}}})
 			killed := w.emu.KillOn("builder", func(line string) bool { return strings.Contains(line, `"message":"`+point+`"`) })
 			w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
-			select {
+			select { // closes once the killed runtime has exited, maybe just after the answer
 			case <-killed:
-			default:
+			case <-time.After(10 * time.Second):
 				t.Fatalf("not killed at %q", point)
 			}
 			start := time.Now()

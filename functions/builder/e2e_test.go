@@ -321,9 +321,9 @@ func TestKillAtEveryStep(t *testing.T) {
 				return !slices.ContainsFunc(p.match, func(m string) bool { return !strings.Contains(line, m) })
 			})
 			_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
-			select {
+			select { // closes once the killed runtime has exited, maybe just after the answer
 			case <-killed:
-			default:
+			case <-time.After(10 * time.Second):
 				t.Fatalf("no kill at %s (function error %q)", p.name, ferr)
 			}
 			if !strings.Contains(ferr, "Runtime") {

@@ -243,9 +243,9 @@ func TestKilledBuildIsFinishedByTheRetry(t *testing.T) {
 		return strings.Contains(line, `"message":"writing image"`) && strings.Contains(line, "amd64")
 	})
 	w.poll(`{}`)
-	select {
+	select { // closes once the killed runtime has exited, maybe just after the answer
 	case <-killed:
-	default:
+	case <-time.After(10 * time.Second):
 		t.Fatal("no build was killed")
 	}
 	// The retry finished the build and started the next of its queue.
