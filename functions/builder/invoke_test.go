@@ -1,16 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,42 +13,17 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
-// makeInvoke runs `make invoke FN=fn EVENT=event` in the repository with
-// this process's environment less anything that points at a cloud, plus
-// env, and returns stdout, stderr and the exit status.
+// makeInvoke runs `make invoke FN=fn EVENT=event` as a user would (see
+// stack.RunMake) and returns stdout, stderr and the exit status.
 func makeInvoke(t *testing.T, env map[string]string, fn, event string) (string, string, int) {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", "-s", "--no-print-directory", "invoke", "FN="+fn, "EVENT="+event)
-	cmd.Dir = root
-	// A make running these tests (make test) would pass its command line
-	// on through MAKEFLAGS.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "HCLOUD_") && !strings.HasPrefix(kv, "GITHUB_") &&
-			!strings.HasPrefix(kv, "MAKE") && !strings.HasPrefix(kv, "MFLAGS=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
+	stdout, stderr, exit, err := stack.RunMake(ctx, env, "invoke", "FN="+fn, "EVENT="+event)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	// SIGTERM lets scripts/invoke stop the emulator it started.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		return stdout.String(), stderr.String(), ee.ExitCode()
-	case err != nil:
-		t.Fatalf("make invoke: %v", err)
-	}
-	return stdout.String(), stderr.String(), 0
+	return stdout, stderr, exit
 }
 
 // TestMakeInvokeContinuesLocally runs a Builder build through `make invoke`

@@ -1,66 +1,35 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
-// runMake runs make with args in the repository with this process's
-// environment less anything that points at a cloud, plus env, and returns
-// stdout, stderr and the exit status.
+// runMake runs make with args as a user would (see stack.RunMake) and
+// returns stdout, stderr and the exit status.
 func runMake(t *testing.T, env map[string]string, args ...string) (string, string, int) {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "make", append([]string{"-s", "--no-print-directory"}, args...)...)
-	cmd.Dir = root
-	// A make running these tests (make test) would pass its command line
-	// on through MAKEFLAGS.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "HCLOUD_") && !strings.HasPrefix(kv, "GITHUB_") &&
-			!strings.HasPrefix(kv, "MAKE") && !strings.HasPrefix(kv, "MFLAGS=") &&
-			!strings.HasPrefix(kv, "BUILDER_FUNCTION_NAME=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
+	stdout, stderr, exit, err := stack.RunMake(ctx, env, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	// SIGTERM lets scripts/invoke stop the emulator it started.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		return stdout.String(), stderr.String(), ee.ExitCode()
-	case err != nil:
-		t.Fatalf("make %v: %v", args, err)
-	}
-	return stdout.String(), stderr.String(), 0
+	return stdout, stderr, exit
 }
 
 // localEnv is what `make invoke FN=Poller` runs with on w's local cloud:
