@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 )
@@ -97,10 +97,10 @@ func TestLostLeaseStopsItsHolder(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{BootDelay: 6 * time.Second}})
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64"}`)
 	time.Sleep(1500 * time.Millisecond) // it waits 6 s for the rescue system
-	w.st.Cloud.SetFaults(hetzner.Faults{Refuse: map[string]hetzner.Fault{
+	w.st.Cloud.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{
 		"PUT /v1/ssh_keys/*": {Status: http.StatusInternalServerError, Code: "server_error", Message: "renewal refused"}}})
 	time.Sleep(4 * time.Second) // past LEASE_TTL (3 s) without a renewal
-	w.st.Cloud.SetFaults(hetzner.Faults{})
+	w.st.Cloud.SetFaults(fakehcloud.Faults{})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" {
 		t.Fatalf("second invocation: %+v %s", resp, ferr)

@@ -16,9 +16,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 type world struct {
 	t   testing.TB
 	st  *stack.Stack
-	emu *lambda.Emulator
+	emu *fakelambda.Emulator
 	api *awslambda.Client
 }
 
@@ -80,7 +80,7 @@ func newWorld(t testing.TB, s setup) *world {
 	if timeout == 0 {
 		timeout = time.Minute
 	}
-	emu, err := st.StartLambda(map[string]lambda.Function{
+	emu, err := st.StartLambda(map[string]fakelambda.Function{
 		"builder": {Bootstrap: bootstrap, Env: env, Timeout: timeout, PoolSize: 3},
 	})
 	if err != nil {
@@ -160,8 +160,8 @@ func (w *world) waitIdle() {
 	}
 }
 
-func (w *world) snapshots() []hetzner.Image {
-	var out []hetzner.Image
+func (w *world) snapshots() []fakehcloud.Image {
+	var out []fakehcloud.Image
 	for _, img := range w.st.Cloud.Images() {
 		if img.Type == "snapshot" {
 			out = append(out, img)
@@ -179,7 +179,7 @@ func (w *world) checkDone(targets ...build.Target) {
 		w.t.Errorf("%d snapshots, want %d: %+v", len(snaps), len(targets), snaps)
 	}
 	for _, tg := range targets {
-		i := slices.IndexFunc(snaps, func(img hetzner.Image) bool {
+		i := slices.IndexFunc(snaps, func(img fakehcloud.Image) bool {
 			got, ok := build.TargetFromLabels(img.Labels)
 			return ok && got == tg
 		})
@@ -216,7 +216,7 @@ func (w *world) checkNothingLeft(records ...string) {
 	if s := w.st.Cloud.Servers(); len(s) != 0 {
 		w.t.Errorf("servers left: %+v", s)
 	}
-	var others []hetzner.SSHKey
+	var others []fakehcloud.SSHKey
 	for _, k := range w.st.Cloud.SSHKeys() {
 		if k.Labels["hcloud-k8s.io/role"] != "failure" {
 			others = append(others, k)
@@ -403,7 +403,7 @@ func TestSimultaneousInvocationsMakeOneServer(t *testing.T) {
 func TestFlakyAPI(t *testing.T) {
 	// A lease renewal meets the faults too, and hcloud-go's backoff after
 	// one of them takes seconds: the lease must outlast a few of them.
-	w := newWorld(t, setup{stack: stack.Options{Seed: 7, Faults: hetzner.Faults{
+	w := newWorld(t, setup{stack: stack.Options{Seed: 7, Faults: fakehcloud.Faults{
 		Transient: 0.2, Locked: 0.1, FailAfterCommit: 1,
 	}}, env: map[string]string{"LEASE_TTL": "15s"}})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
@@ -420,12 +420,12 @@ func TestFlakyAPI(t *testing.T) {
 		t.Error("no fault was injected")
 	}
 	t.Logf("%d of %d requests failed on purpose", faults, len(w.st.Cloud.Requests()))
-	w.st.Cloud.SetFaults(hetzner.Faults{})
+	w.st.Cloud.SetFaults(fakehcloud.Faults{})
 	w.checkDone(target("amd64"))
 }
 
 func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
-	for _, mode := range []factory.Truncation{factory.TruncateShort, factory.TruncateCut} {
+	for _, mode := range []fakefactory.Truncation{fakefactory.TruncateShort, fakefactory.TruncateCut} {
 		w := newWorld(t, setup{})
 		w.st.Factory.SetTruncate(mode)
 		if res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`); !strings.Contains(res.Error, "write http") || res.Code != "download" {
@@ -456,8 +456,8 @@ func TestImageWithoutMETACreatesNoSnapshot(t *testing.T) {
 }
 
 func TestNoCapacityInFirstLocation(t *testing.T) {
-	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{
-		Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}},
+	w := newWorld(t, setup{stack: stack.Options{Faults: fakehcloud.Faults{
+		Unavailable: []fakehcloud.Placement{{ServerType: "cax11", Location: "fsn1"}},
 	}}})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"arm64"}`)
 	if ferr != "" || resp.Results[0].Location != "nbg1" || resp.Results[0].ServerType != "cax11" {
@@ -471,7 +471,7 @@ func TestNoCapacityInFirstLocation(t *testing.T) {
 // clearly instead of making a snapshot that cannot create 40 GB servers.
 func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 	w := newWorld(t, setup{
-		stack: stack.Options{Faults: hetzner.Faults{Unavailable: []hetzner.Placement{
+		stack: stack.Options{Faults: fakehcloud.Faults{Unavailable: []fakehcloud.Placement{
 			{ServerType: "cx23", Location: "fsn1"}, {ServerType: "cx23", Location: "nbg1"}}}},
 		env: map[string]string{"SERVER_TYPES_AMD64": "cx23,cpx22"},
 	})
@@ -498,7 +498,7 @@ func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 // build with a message naming the quota, after one create: no retry, no
 // other location.
 func TestServerLimitFailsClearly(t *testing.T) {
-	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{ServerLimit: 1}}})
+	w := newWorld(t, setup{stack: stack.Options{Faults: fakehcloud.Faults{ServerLimit: 1}}})
 	ctx := context.Background()
 	c := hcloud.NewClient(hcloud.WithEndpoint(w.st.HCloudURL), hcloud.WithToken(w.st.Token))
 	key, _, err := c.SSHKey.Create(ctx, hcloud.SSHKeyCreateOpts{Name: "someone", PublicKey: otherKey})

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -40,7 +40,7 @@ func TestMakeInvokeContinuesLocally(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	const deployed = "hcloud-k8s-builder"
-	emu, err := st.StartLambda(map[string]lambda.Function{
+	emu, err := st.StartLambda(map[string]fakelambda.Function{
 		deployed: {Bootstrap: bootstrap, Timeout: time.Minute, PoolSize: 1},
 	})
 	if err != nil {

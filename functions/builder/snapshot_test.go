@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 )
@@ -47,7 +47,7 @@ func TestLostRepliesOfCreates(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, setup{stack: stack.Options{
 				ActionDurations: map[string]time.Duration{"create_image": tt.imageAction},
-				Faults:          hetzner.Faults{LoseReplies: map[string]int{"create_ssh_key": 1, "create_image": 1}},
+				Faults:          fakehcloud.Faults{LoseReplies: map[string]int{"create_ssh_key": 1, "create_image": 1}},
 			}})
 			resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 			if ferr != "" || resp.Results[0].State != build.Done {
@@ -73,7 +73,7 @@ func TestLostRepliesOfCreates(t *testing.T) {
 // "unavailable" fails the build at once (not after the server's TTL), and
 // the image and the server are deleted.
 func TestFailedSnapshotFailsTheBuild(t *testing.T) {
-	w := newWorld(t, setup{stack: stack.Options{Faults: hetzner.Faults{UnavailableImages: 1}}})
+	w := newWorld(t, setup{stack: stack.Options{Faults: fakehcloud.Faults{UnavailableImages: 1}}})
 	res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`)
 	if !strings.Contains(res.Error, `failed: status-unavailable (status "unavailable"`) || res.Code != "snapshot-status-unavailable" {
 		t.Fatalf("result %+v", res)
@@ -93,7 +93,7 @@ func TestFailedSnapshotFailsTheBuild(t *testing.T) {
 // pick before.
 func TestStuckSnapshotIsFailed(t *testing.T) {
 	w := newWorld(t, setup{
-		stack: stack.Options{Faults: hetzner.Faults{SlowImages: 1, SlowImageFor: 14 * time.Second}},
+		stack: stack.Options{Faults: fakehcloud.Faults{SlowImages: 1, SlowImageFor: 14 * time.Second}},
 		env:   map[string]string{"SNAPSHOT_TIMEOUT": "10s", "SNAPSHOT_WAIT": "3s"},
 	})
 	stop := make(chan struct{})
@@ -156,7 +156,7 @@ func TestStuckSnapshotIsFailed(t *testing.T) {
 func TestNoLabelUpdateWhileSnapshotting(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{
 		ActionDurations: map[string]time.Duration{"create_image": time.Second},
-		Faults:          hetzner.Faults{LockedUpdates: true},
+		Faults:          fakehcloud.Faults{LockedUpdates: true},
 	}})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" || resp.Results[0].State != build.Done {

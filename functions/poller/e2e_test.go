@@ -15,8 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 type world struct {
 	t   *testing.T
 	st  *stack.Stack
-	emu *lambda.Emulator
+	emu *fakelambda.Emulator
 	api *awslambda.Client
 }
 
@@ -65,7 +65,7 @@ func newWorld(t *testing.T, cfg ...string) *world {
 	builderEnv := []string{"STEP_TIMEOUT", "2s", "INSTALL_TIMEOUT", "30s", "SNAPSHOT_WAIT", "5s", "LEASE_TTL", "3s"}
 	// Both functions get the same configuration, as template.yaml's Globals
 	// give it: the failure records carry its digest.
-	emu, err := st.StartLambda(map[string]lambda.Function{
+	emu, err := st.StartLambda(map[string]fakelambda.Function{
 		"builder": {Bootstrap: bootstraps["builder"], Env: env(append(builderEnv, cfg...)), Timeout: time.Minute, PoolSize: 4},
 		"poller": {Bootstrap: bootstraps["poller"], Env: env(slices.Concat(builderEnv, cfg, []string{"BUILDER_FUNCTION_NAME", "builder"})),
 			Timeout: time.Minute, PoolSize: 1},
@@ -162,7 +162,7 @@ func (w *world) checkNothingLeft() {
 // recent snapshot of each architecture is the highest version.
 func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	w := newWorld(t)
-	unmanaged, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Description: "hand-made",
+	unmanaged, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: "hand-made",
 		Architecture: "x86", Labels: map[string]string{"os": "talos", "version": "v1.9.0"}})
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +216,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 		t.Errorf("snapshots %v, want %v", got, want)
 	}
 	// The most recent snapshot of each architecture is the highest version.
-	latest := map[string]hetzner.Image{}
+	latest := map[string]fakehcloud.Image{}
 	for _, img := range w.st.Cloud.Images() {
 		if img.Labels["hcloud-k8s.io/managed-by"] != "" && img.Created.After(latest[img.Labels["arch"]].Created) {
 			latest[img.Labels["arch"]] = img
@@ -275,7 +275,7 @@ func (w *world) plant(version, arch string, age time.Duration) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	if _, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Architecture: hw, Digest: digest,
+	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Architecture: hw, Digest: digest,
 		Created: time.Now().Add(-age), Description: "Talos " + version, Labels: map[string]string{
 			"os": "talos", "talos_version": version, "version": version, "arch": arch,
 			"talos_schematic_id": s[:32], "hcloud-k8s.io/schematic-rest": s[32:],

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
@@ -23,7 +23,7 @@ import (
 // the newer versions of their groups behind them.
 func TestBrokenDownloadsBackOff(t *testing.T) {
 	w := newWorld(t)
-	w.st.Factory.SetTruncate(factory.TruncateCut)
+	w.st.Factory.SetTruncate(fakefactory.TruncateCut)
 	creates := func() int { return w.st.Cloud.CountRequests("POST", "/v1/servers") }
 	var perPoll []string
 	requests := 0

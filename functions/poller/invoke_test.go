@@ -12,7 +12,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
@@ -163,7 +163,7 @@ func buildResources(t *testing.T, w *world, prefix string) []string {
 			ours = append(ours, r.name)
 		}
 	}
-	if _, err := w.st.Cloud.AddImage(hetzner.Image{Type: "snapshot", Status: "available", Description: prefix + "-snapshot",
+	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: prefix + "-snapshot",
 		Architecture: "x86", Labels: with("os", "talos", "version", "v1.13.9")}); err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
@@ -48,19 +48,19 @@ func TestDeploymentsShareAProject(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	fns := map[string]lambda.Function{}
+	fns := map[string]fakelambda.Function{}
 	for name, cluster := range map[string]string{"prod": "prod", "staging": "staging", "prod2": "prod"} {
 		env := map[string]string{"CLUSTER_NAME": cluster, "ARCHITECTURES": "amd64", "TRACK_MINORS": "1"}
 		builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
 		for k, v := range env {
 			builderEnv[k] = v
 		}
-		fns[name+"-builder"] = lambda.Function{Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 2}
+		fns[name+"-builder"] = fakelambda.Function{Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 2}
 		pollerEnv := map[string]string{"BUILDER_FUNCTION_NAME": name + "-builder"}
 		for k, v := range env {
 			pollerEnv[k] = v
 		}
-		fns[name+"-poller"] = lambda.Function{Bootstrap: bootstraps["poller"], Env: pollerEnv, Timeout: time.Minute, PoolSize: 1}
+		fns[name+"-poller"] = fakelambda.Function{Bootstrap: bootstraps["poller"], Env: pollerEnv, Timeout: time.Minute, PoolSize: 1}
 	}
 	emu, err := st.StartLambda(fns)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 )
 
 // BuildBootstrap compiles a function's main package (e.g. ./functions/builder)
@@ -48,8 +48,8 @@ func moduleRoot() (string, error) {
 // StartLambda runs the functions under the Lambda emulator, each with this
 // stack's environment under its own Env (where "" unsets a variable),
 // logging JSON as template.yaml's LoggingConfig has Lambda do.
-func (s *Stack) StartLambda(fns map[string]lambda.Function) (*lambda.Emulator, error) {
-	withEnv := make(map[string]lambda.Function, len(fns))
+func (s *Stack) StartLambda(fns map[string]fakelambda.Function) (*fakelambda.Emulator, error) {
+	withEnv := make(map[string]fakelambda.Function, len(fns))
 	for name, fn := range fns {
 		env := s.Env()
 		env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
@@ -58,7 +58,7 @@ func (s *Stack) StartLambda(fns map[string]lambda.Function) (*lambda.Emulator, e
 		fn.Env = env
 		withEnv[name] = fn
 	}
-	emu := lambda.New(lambda.Options{Functions: withEnv, Logger: s.logger})
+	emu := fakelambda.New(fakelambda.Options{Functions: withEnv, Logger: s.logger})
 	if _, err := emu.Start(); err != nil {
 		return nil, fmt.Errorf("start lambda emulator: %w", err)
 	}
@@ -67,7 +67,7 @@ func (s *Stack) StartLambda(fns map[string]lambda.Function) (*lambda.Emulator, e
 
 // LambdaClient returns an aws-sdk-go-v2 Lambda client of the emulator, as
 // AWS_ENDPOINT_URL_LAMBDA makes the functions' own clients.
-func LambdaClient(emu *lambda.Emulator) *awslambda.Client {
+func LambdaClient(emu *fakelambda.Emulator) *awslambda.Client {
 	return awslambda.New(awslambda.Options{
 		Region:       "eu-central-1",
 		BaseEndpoint: aws.String(emu.URL()),

@@ -11,11 +11,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/secrets"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakesecrets"
 )
 
 // Options shape the local world. Zero values give a quick one for tests.
@@ -34,32 +34,32 @@ type Options struct {
 	// enough for images at QuickScale but not at the real sizes (v1.11+
 	// amd64: 4247 MiB).
 	DiskSize int64
-	// Scale shapes the factory's images (factory.Options.Scale): 0 means
-	// factory.QuickScale, 1 the real sizes.
+	// Scale shapes the factory's images (fakefactory.Options.Scale): 0 means
+	// fakefactory.QuickScale, 1 the real sizes.
 	Scale int64
 	// Data is the kind of data in the factory's images.
-	Data factory.DataKind
+	Data fakefactory.DataKind
 	// FactoryBuildDelay is how long the factory builds an image on the
-	// first request for it (factory.Options.BuildDelay).
+	// first request for it (fakefactory.Options.BuildDelay).
 	FactoryBuildDelay time.Duration
-	// Versions the factory serves; default factory.DefaultVersions().
+	// Versions the factory serves; default fakefactory.DefaultVersions().
 	Versions []string
-	// Releases of siderolabs/talos; default github.TalosReleases().
-	Releases []github.Release
+	// Releases of siderolabs/talos; default fakegithub.TalosReleases().
+	Releases []fakegithub.Release
 	// Faults to inject into the Hetzner API from the start.
-	Faults hetzner.Faults
+	Faults fakehcloud.Faults
 	Seed   uint64
 	Logger *slog.Logger
 }
 
 // Stack is the running local world.
 type Stack struct {
-	Cloud    *hetzner.Cloud
-	Machines *rescue.Pool
-	Factory  *factory.Factory
-	GitHub   *github.Server
+	Cloud    *fakehcloud.Cloud
+	Machines *fakerescue.Pool
+	Factory  *fakefactory.Factory
+	GitHub   *fakegithub.Server
 	// Secrets stands in for Secrets Manager and SSM Parameter Store.
-	Secrets *secrets.Store
+	Secrets *fakesecrets.Store
 
 	HCloudURL, FactoryURL, GitHubURL, SecretsURL string
 	Token                                        string
@@ -70,7 +70,7 @@ type Stack struct {
 
 // Start starts every emulator on 127.0.0.1 with random ports.
 func Start(o Options) (_ *Stack, err error) {
-	s := &Stack{Token: hetzner.DefaultToken}
+	s := &Stack{Token: fakehcloud.DefaultToken}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -96,12 +96,12 @@ func Start(o Options) (_ *Stack, err error) {
 
 	// The guest's power commands (poweroff in rescue) reach the cloud that
 	// the pool serves: the cloud exists before any server can boot.
-	var cloud *hetzner.Cloud
-	s.Machines = rescue.New(rescue.Options{
+	var cloud *fakehcloud.Cloud
+	s.Machines = fakerescue.New(fakerescue.Options{
 		Dir: dir + "/disks", DiskSize: o.DiskSize, BootDelay: o.BootDelay, Logger: logger,
 		PowerFunc: func(id int64, op string) { cloud.GuestPower(id, op) },
 	})
-	cloud = hetzner.New(hetzner.Options{
+	cloud = fakehcloud.New(fakehcloud.Options{
 		Machines: machines{s.Machines}, ActionDuration: o.ActionDuration, ActionDurations: o.ActionDurations,
 		Faults: o.Faults, Seed: o.Seed, Logger: logger,
 	})
@@ -112,9 +112,9 @@ func Start(o Options) (_ *Stack, err error) {
 
 	scale := o.Scale
 	if scale == 0 {
-		scale = factory.QuickScale
+		scale = fakefactory.QuickScale
 	}
-	s.Factory = factory.New(factory.Options{
+	s.Factory = fakefactory.New(fakefactory.Options{
 		Dir: dir + "/images", Versions: o.Versions, Scale: scale, Data: o.Data, BuildDelay: o.FactoryBuildDelay,
 		Redirect: true, Logger: logger,
 	})
@@ -124,13 +124,13 @@ func Start(o Options) (_ *Stack, err error) {
 
 	releases := o.Releases
 	if releases == nil {
-		releases = github.TalosReleases()
+		releases = fakegithub.TalosReleases()
 	}
-	s.GitHub = github.New(github.Options{Releases: releases})
+	s.GitHub = fakegithub.New(fakegithub.Options{Releases: releases})
 	if s.GitHubURL, err = s.GitHub.Start(); err != nil {
 		return nil, fmt.Errorf("start github api: %w", err)
 	}
-	s.Secrets = secrets.New()
+	s.Secrets = fakesecrets.New()
 	if s.SecretsURL, err = s.Secrets.Start(); err != nil {
 		return nil, fmt.Errorf("start secrets store: %w", err)
 	}
@@ -176,8 +176,8 @@ func (s *Stack) Close() error {
 
 // machines adapts the rescue pool to the cloud's Machines interface; the
 // two packages do not import each other.
-type machines struct{ *rescue.Pool }
+type machines struct{ *fakerescue.Pool }
 
-func (m machines) Boot(id int64, r *hetzner.Rescue) error {
-	return m.Pool.Boot(id, (*rescue.Rescue)(r))
+func (m machines) Boot(id int64, r *fakehcloud.Rescue) error {
+	return m.Pool.Boot(id, (*fakerescue.Rescue)(r))
 }

@@ -22,7 +22,7 @@ import (
 )
 
 // fakeCloud is an in-memory project for unit tests of the step machine.
-// The end-to-end tests run the real client against infra/hetzner.
+// The end-to-end tests run the real client against infra/fakehcloud.
 type fakeCloud struct {
 	mu      sync.Mutex
 	nextID  int64

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -30,8 +30,8 @@ import (
 // measurements by hand, and keep them current.
 
 const (
-	// v1.13 amd64: 4247 MiB raw with ~230 MiB of data (factory.LayoutOf,
-	// factory.DataBytesOf).
+	// v1.13 amd64: 4247 MiB raw with ~230 MiB of data (fakefactory.LayoutOf,
+	// fakefactory.DataBytesOf).
 	benchVersion = "v1.13.9"
 	benchArch    = "amd64"
 	// benchDiskSlack is how much bigger than the image the disk is: the old
@@ -64,7 +64,7 @@ type benchPipeline struct {
 // benchEnv is what all benchmarks share: the images and the rescue pool. It
 // lives as long as the test binary (see TestMain).
 type benchEnv struct {
-	pool      *rescue.Pool
+	pool      *fakerescue.Pool
 	images    []*benchImage // one per kind of data
 	imageSize int64         // raw bytes
 	dataBytes int64
@@ -77,8 +77,8 @@ type benchEnv struct {
 // benchImage is the image of one kind of data: a factory serving it and the
 // pipelines that write it.
 type benchImage struct {
-	kind      factory.DataKind
-	factory   *factory.Factory
+	kind      fakefactory.DataKind
+	factory   *fakefactory.Factory
 	zst, xz   string // image URLs
 	rawPath   string
 	rawDigest string
@@ -121,20 +121,20 @@ func benchSetup(b *testing.B) *benchEnv {
 
 func newBenchEnv() (_ *benchEnv, err error) {
 	e := &benchEnv{}
-	if _, e.imageSize, err = factory.LayoutOf(benchVersion, benchArch, 1); err != nil {
+	if _, e.imageSize, err = fakefactory.LayoutOf(benchVersion, benchArch, 1); err != nil {
 		return nil, err
 	}
-	if e.dataBytes, err = factory.DataBytesOf(benchVersion, benchArch, 1); err != nil {
+	if e.dataBytes, err = fakefactory.DataBytesOf(benchVersion, benchArch, 1); err != nil {
 		return nil, err
 	}
-	e.pool = rescue.New(rescue.Options{DiskSize: e.imageSize + benchDiskSlack, BootDelay: 10 * time.Millisecond, Port: rescuePort})
+	e.pool = fakerescue.New(fakerescue.Options{DiskSize: e.imageSize + benchDiskSlack, BootDelay: 10 * time.Millisecond, Port: rescuePort})
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, e.close())
 		}
 	}()
-	for _, kind := range []factory.DataKind{factory.Incompressible, factory.Compressible} {
-		img := &benchImage{kind: kind, factory: factory.New(factory.Options{Data: kind, Redirect: true})}
+	for _, kind := range []fakefactory.DataKind{fakefactory.Incompressible, fakefactory.Compressible} {
+		img := &benchImage{kind: kind, factory: fakefactory.New(fakefactory.Options{Data: kind, Redirect: true})}
 		e.images = append(e.images, img)
 		if err := img.setup(); err != nil {
 			return nil, err

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/rescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt/gpttest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
@@ -31,13 +31,13 @@ const rescuePort = 22
 // its disk file, boots its rescue system with a fresh key and logs in as the
 // Builder does. It returns the client and the disk file; the caller closes
 // the client and deletes the machine. On error the machine is deleted.
-func newRescue(ctx context.Context, pool *rescue.Pool, id int64, prepare func(diskPath string) error) (*ssh.Client, string, error) {
+func newRescue(ctx context.Context, pool *fakerescue.Pool, id int64, prepare func(diskPath string) error) (*ssh.Client, string, error) {
 	return newRescueLogged(ctx, pool, id, slog.New(slog.DiscardHandler), prepare)
 }
 
 // newRescueLogged is newRescue with the client logging to log: every line
 // of the commands' output.
-func newRescueLogged(ctx context.Context, pool *rescue.Pool, id int64, log *slog.Logger, prepare func(diskPath string) error) (_ *ssh.Client, diskPath string, err error) {
+func newRescueLogged(ctx context.Context, pool *fakerescue.Pool, id int64, log *slog.Logger, prepare func(diskPath string) error) (_ *ssh.Client, diskPath string, err error) {
 	ip, err := pool.Create(id, 0)
 	if err != nil {
 		return nil, "", err
@@ -59,7 +59,7 @@ func newRescueLogged(ctx context.Context, pool *rescue.Pool, id int64, log *slog
 	if err != nil {
 		return nil, "", err
 	}
-	if err := pool.Boot(id, &rescue.Rescue{AuthorizedKeys: []string{key.AuthorizedKey()}}); err != nil {
+	if err := pool.Boot(id, &fakerescue.Rescue{AuthorizedKeys: []string{key.AuthorizedKey()}}); err != nil {
 		return nil, "", err
 	}
 	d := &ssh.Dialer{Key: key, Addr: net.JoinHostPort(ip, strconv.Itoa(rescuePort)), Logger: log}
@@ -82,12 +82,12 @@ func TestInstallOnRescueHost(t *testing.T) {
 	fc := &talos.Factory{BaseURL: base}
 	const attempts = 2
 
-	clean := func(o rescue.Options) rescue.Options { o.Dirty = false; return o }
+	clean := func(o fakerescue.Options) fakerescue.Options { o.Dirty = false; return o }
 	tests := []struct {
 		name     string
-		opts     rescue.Options // Dirty unless cleared
+		opts     fakerescue.Options // Dirty unless cleared
 		c        talos.Compression
-		truncate factory.Truncation
+		truncate fakefactory.Truncation
 		wantOK   bool
 		// wantStderr is part of what the script said; wantFile the end of the
 		// downloaded file's name.
@@ -95,25 +95,25 @@ func TestInstallOnRescueHost(t *testing.T) {
 	}{
 		{name: "zstd", c: talos.Zstd, wantOK: true, wantFile: ".zst"},
 		{name: "xz", c: talos.XZ, wantOK: true, wantFile: ".xz"},
-		{name: "login shell dash", opts: rescue.Options{Shell: "/bin/sh"}, c: talos.Zstd, wantOK: true},
-		{name: "no curl: wget", opts: rescue.Options{MissingTools: []string{"curl"}}, c: talos.Zstd, wantOK: true,
+		{name: "login shell dash", opts: fakerescue.Options{Shell: "/bin/sh"}, c: talos.Zstd, wantOK: true},
+		{name: "no curl: wget", opts: fakerescue.Options{MissingTools: []string{"curl"}}, c: talos.Zstd, wantOK: true,
 			wantStderr: `-> "-" [1]`}, // wget --no-verbose's summary line
-		{name: "no sfdisk", opts: rescue.Options{MissingTools: []string{"sfdisk"}}, c: talos.Zstd, wantOK: true},
-		{name: "no zstd: xz", opts: rescue.Options{MissingTools: []string{"zstd"}}, c: talos.Zstd, wantOK: true, wantFile: ".xz"},
-		{name: "discard keeps data", opts: rescue.Options{DiscardKeepsData: true}, c: talos.Zstd, wantOK: true,
+		{name: "no sfdisk", opts: fakerescue.Options{MissingTools: []string{"sfdisk"}}, c: talos.Zstd, wantOK: true},
+		{name: "no zstd: xz", opts: fakerescue.Options{MissingTools: []string{"zstd"}}, c: talos.Zstd, wantOK: true, wantFile: ".xz"},
+		{name: "discard keeps data", opts: fakerescue.Options{DiscardKeepsData: true}, c: talos.Zstd, wantOK: true,
 			wantStderr: "zero-filling it"},
-		{name: "discard keeps data, xz", opts: rescue.Options{DiscardKeepsData: true}, c: talos.XZ, wantOK: true,
+		{name: "discard keeps data, xz", opts: fakerescue.Options{DiscardKeepsData: true}, c: talos.XZ, wantOK: true,
 			wantStderr: "zero-filling it"},
-		{name: "no blkdiscard: every block", opts: clean(rescue.Options{MissingTools: []string{"blkdiscard"}}), c: talos.Zstd, wantOK: true,
+		{name: "no blkdiscard: every block", opts: clean(fakerescue.Options{MissingTools: []string{"blkdiscard"}}), c: talos.Zstd, wantOK: true,
 			wantStderr: "writing every block of the image"},
 		{name: "dash, no curl, sfdisk or zstd, discard keeps data",
-			opts: rescue.Options{Shell: "/bin/sh", MissingTools: []string{"curl", "sfdisk", "zstd"}, DiscardKeepsData: true},
+			opts: fakerescue.Options{Shell: "/bin/sh", MissingTools: []string{"curl", "sfdisk", "zstd"}, DiscardKeepsData: true},
 			c:    talos.Zstd, wantOK: true, wantStderr: "zero-filling it", wantFile: ".xz"},
-		{name: "zstd short object", c: talos.Zstd, truncate: factory.TruncateShort},
-		{name: "zstd cut connection", c: talos.Zstd, truncate: factory.TruncateCut},
-		{name: "xz short object", c: talos.XZ, truncate: factory.TruncateShort},
-		{name: "xz cut connection", c: talos.XZ, truncate: factory.TruncateCut},
-		{name: "wget cut connection", opts: rescue.Options{MissingTools: []string{"curl"}}, c: talos.Zstd, truncate: factory.TruncateCut},
+		{name: "zstd short object", c: talos.Zstd, truncate: fakefactory.TruncateShort},
+		{name: "zstd cut connection", c: talos.Zstd, truncate: fakefactory.TruncateCut},
+		{name: "xz short object", c: talos.XZ, truncate: fakefactory.TruncateShort},
+		{name: "xz cut connection", c: talos.XZ, truncate: fakefactory.TruncateCut},
+		{name: "wget cut connection", opts: fakerescue.Options{MissingTools: []string{"curl"}}, c: talos.Zstd, truncate: fakefactory.TruncateCut},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,7 +124,7 @@ func TestInstallOnRescueHost(t *testing.T) {
 				opts.Dirty = true // old data inside the image's span and behind it
 			}
 			opts.Dir, opts.DiskSize, opts.BootDelay, opts.Port = t.TempDir(), quickDiskSize(t), 10*time.Millisecond, rescuePort
-			pool := rescue.New(opts)
+			pool := fakerescue.New(opts)
 			t.Cleanup(func() {
 				if err := pool.Close(); err != nil {
 					t.Errorf("close rescue pool: %v", err)
@@ -204,7 +204,7 @@ func TestInstallRetriesOnRescueHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := rescue.New(rescue.Options{Dir: t.TempDir(), DiskSize: quickDiskSize(t), Dirty: true,
+	pool := fakerescue.New(fakerescue.Options{Dir: t.TempDir(), DiskSize: quickDiskSize(t), Dirty: true,
 		BootDelay: 10 * time.Millisecond, Port: rescuePort})
 	t.Cleanup(func() {
 		if err := pool.Close(); err != nil {
@@ -220,12 +220,12 @@ func TestInstallRetriesOnRescueHost(t *testing.T) {
 	}
 	defer client.Close()
 
-	f.SetTruncate(factory.TruncateCut)
+	f.SetTruncate(fakefactory.TruncateCut)
 	go func() { // serve the second attempt in full
 		for ctx.Err() == nil && countGets(f.Requests()) == 0 {
 			time.Sleep(10 * time.Millisecond)
 		}
-		f.SetTruncate(factory.TruncateNone)
+		f.SetTruncate(fakefactory.TruncateNone)
 	}()
 	script, err := installScript(talos.Image{URL: url, Compression: talos.Zstd}, 3, time.Second)
 	if err != nil {
@@ -246,7 +246,7 @@ func TestInstallRetriesOnRescueHost(t *testing.T) {
 }
 
 // countGets counts the image downloads in reqs: GETs of the CDN.
-func countGets(reqs []factory.Request) int {
+func countGets(reqs []fakefactory.Request) int {
 	n := 0
 	for _, r := range reqs {
 		if r.Method == "GET" && strings.HasPrefix(r.Path, "/cdn/") {
@@ -438,7 +438,7 @@ func (scripted) Close() error { return nil }
 // that old data lies inside the image's span and behind it.
 func quickDiskSize(t *testing.T) int64 {
 	t.Helper()
-	_, size, err := factory.LayoutOf("v1.13.9", "amd64", factory.QuickScale)
+	_, size, err := fakefactory.LayoutOf("v1.13.9", "amd64", fakefactory.QuickScale)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,9 +447,9 @@ func quickDiskSize(t *testing.T) int64 {
 
 // startFactory serves quick images and returns the factory, its URL and the
 // digest of tgt's raw image.
-func startFactory(t *testing.T, tgt Target) (*factory.Factory, string, string) {
+func startFactory(t *testing.T, tgt Target) (*fakefactory.Factory, string, string) {
 	t.Helper()
-	f := factory.New(factory.Options{Scale: factory.QuickScale, Redirect: true})
+	f := fakefactory.New(fakefactory.Options{Scale: fakefactory.QuickScale, Redirect: true})
 	t.Cleanup(func() {
 		if err := f.Close(); err != nil {
 			t.Errorf("close factory: %v", err)

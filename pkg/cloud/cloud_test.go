@@ -7,18 +7,18 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 )
 
-func start(t *testing.T, f hetzner.Faults) (*Client, *hetzner.Cloud) {
+func start(t *testing.T, f fakehcloud.Faults) (*Client, *fakehcloud.Cloud) {
 	t.Helper()
-	emu := hetzner.New(hetzner.Options{Faults: f, Seed: 3, ActionDuration: 20 * time.Millisecond})
+	emu := fakehcloud.New(fakehcloud.Options{Faults: f, Seed: 3, ActionDuration: 20 * time.Millisecond})
 	url, err := emu.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { emu.Close() })
-	return New(Options{Token: hetzner.DefaultToken, Endpoint: url, PollInterval: 50 * time.Millisecond,
+	return New(Options{Token: fakehcloud.DefaultToken, Endpoint: url, PollInterval: 50 * time.Millisecond,
 		RetryBase: 10 * time.Millisecond, MaxRetries: 8}), emu
 }
 
@@ -26,7 +26,7 @@ func start(t *testing.T, f hetzner.Faults) (*Client, *hetzner.Cloud) {
 // while the API answers 503 unavailable and 423 locked now and then:
 // hcloud-go retries neither, the client's transport does.
 func TestLifecycleThroughFaults(t *testing.T) {
-	c, emu := start(t, hetzner.Faults{Transient: 0.3, TransientErrors: []hetzner.Fault{hetzner.FaultUnavailable}, Locked: 0.3})
+	c, emu := start(t, fakehcloud.Faults{Transient: 0.3, TransientErrors: []fakehcloud.Fault{fakehcloud.FaultUnavailable}, Locked: 0.3})
 	ctx := context.Background()
 	key, err := c.CreateSSHKey(ctx, "k", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5MwdmZ2qzK7W0ClPXiGwD9D", nil)
 	if err != nil {
@@ -85,13 +85,13 @@ func TestLifecycleThroughFaults(t *testing.T) {
 // TestCreateImageLockedIsNotRetried: a create_image answered `locked` comes
 // back at once, while other server actions are retried through it.
 func TestCreateImageLockedIsNotRetried(t *testing.T) {
-	c, emu := start(t, hetzner.Faults{})
+	c, emu := start(t, fakehcloud.Faults{})
 	ctx := context.Background()
 	srv, err := c.CreateServer(ctx, CreateServerOpts{Name: "s", ServerType: "cx23", Location: "fsn1", Image: "debian-12"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	emu.SetFaults(hetzner.Faults{Locked: 1})
+	emu.SetFaults(fakehcloud.Faults{Locked: 1})
 	if _, err := c.CreateSnapshot(ctx, srv, "d", nil); !IsLocked(err) {
 		t.Fatalf("create_image = %v, want locked", err)
 	}
@@ -107,7 +107,7 @@ func TestCreateImageLockedIsNotRetried(t *testing.T) {
 }
 
 func TestErrorClasses(t *testing.T) {
-	c, _ := start(t, hetzner.Faults{Unavailable: []hetzner.Placement{{ServerType: "cax11", Location: "fsn1"}}})
+	c, _ := start(t, fakehcloud.Faults{Unavailable: []fakehcloud.Placement{{ServerType: "cax11", Location: "fsn1"}}})
 	ctx := context.Background()
 	create := func(name, typ, loc string) error {
 		_, err := c.CreateServer(ctx, CreateServerOpts{Name: name, ServerType: typ, Location: loc, Image: "debian-12"})
@@ -136,7 +136,7 @@ func TestErrorClasses(t *testing.T) {
 // TestServerLimit: the project's server quota is neither a capacity
 // problem (no other location helps) nor retried.
 func TestServerLimit(t *testing.T) {
-	c, emu := start(t, hetzner.Faults{ServerLimit: 1})
+	c, emu := start(t, fakehcloud.Faults{ServerLimit: 1})
 	ctx := context.Background()
 	if _, err := c.CreateServer(ctx, CreateServerOpts{Name: "a", ServerType: "cx23", Location: "fsn1", Image: "debian-13"}); err != nil {
 		t.Fatal(err)
@@ -153,7 +153,7 @@ func TestServerLimit(t *testing.T) {
 // TestCreateServerWithKeyGetsNoRootPassword: the key passed at create is
 // what keeps Hetzner from mailing a root password.
 func TestCreateServerWithKeyGetsNoRootPassword(t *testing.T) {
-	c, emu := start(t, hetzner.Faults{})
+	c, emu := start(t, fakehcloud.Faults{})
 	ctx := context.Background()
 	key, err := c.CreateSSHKey(ctx, "k", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5MwdmZ2qzK7W0ClPXiGwD9D", nil)
 	if err != nil {
@@ -175,7 +175,7 @@ func TestCreateServerWithKeyGetsNoRootPassword(t *testing.T) {
 }
 
 func TestServerTypes(t *testing.T) {
-	c, _ := start(t, hetzner.Faults{})
+	c, _ := start(t, fakehcloud.Faults{})
 	ts, err := c.ServerTypes(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
@@ -90,11 +90,11 @@ func failing(fs []poll.Failing) []string {
 // unparks the other target.
 func TestFailingTargetIsParked(t *testing.T) {
 	t.Parallel()
-	var full []hetzner.Placement
+	var full []fakehcloud.Placement
 	for _, loc := range []string{"fsn1", "nbg1", "hel1"} {
-		full = append(full, hetzner.Placement{ServerType: "cx23", Location: loc}, hetzner.Placement{ServerType: "cax11", Location: loc})
+		full = append(full, fakehcloud.Placement{ServerType: "cx23", Location: loc}, fakehcloud.Placement{ServerType: "cax11", Location: loc})
 	}
-	w := newWorld(t, stack.Options{Faults: hetzner.Faults{Unavailable: full}}, nil)
+	w := newWorld(t, stack.Options{Faults: fakehcloud.Faults{Unavailable: full}}, nil)
 	c := &clock{}
 	w.now = c.now
 	b := w.builderOn(c, nil)
@@ -132,7 +132,7 @@ func TestFailingTargetIsParked(t *testing.T) {
 	if n := w.st.Cloud.CountRequests(http.MethodPost, "/v1/servers"); n != creates {
 		t.Errorf("a refused request tried %d server creates", n-creates)
 	}
-	w.st.Cloud.SetFaults(hetzner.Faults{})
+	w.st.Cloud.SetFaults(fakehcloud.Faults{})
 	forced := older0
 	forced.Force = true
 	check(t, "a forced request", codes(results(t, b, []build.Request{forced})), []string{"v1.12.8/amd64 done "})
@@ -156,7 +156,7 @@ func TestFailingTargetIsParked(t *testing.T) {
 
 // TestStuckSnapshotIsFailedByThePoller: a build's invocation chain broke
 // while its snapshot was being created, and the snapshot stays "creating"
-// (infra/hetzner Faults.SlowImages). Past SNAPSHOT_TIMEOUT the Poller fails
+// (infra/fakehcloud Faults.SlowImages). Past SNAPSHOT_TIMEOUT the Poller fails
 // it: it cannot be deleted while its action runs, so its consumer labels
 // are taken away, and the failure is recorded. The target backs off instead
 // of counting as busy forever; a later poll deletes the stripped snapshot,
@@ -164,7 +164,7 @@ func TestFailingTargetIsParked(t *testing.T) {
 func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 	t.Parallel()
 	const slow = 4 * time.Second
-	w := newWorld(t, stack.Options{Faults: hetzner.Faults{SlowImages: 1, SlowImageFor: slow}}, nil)
+	w := newWorld(t, stack.Options{Faults: fakehcloud.Faults{SlowImages: 1, SlowImageFor: slow}}, nil)
 	c := &clock{}
 	w.now = c.now
 	b := w.builderOn(c, func(o *build.Options) { o.SnapshotWait = 500 * time.Millisecond })

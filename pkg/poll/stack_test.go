@@ -16,9 +16,9 @@ import (
 
 	"github.com/sethvargo/go-envconfig"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/factory"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/hetzner"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
@@ -186,7 +186,7 @@ func (w *world) mutations() int {
 // of a target but without our management label.
 func (w *world) addUnmanaged(version string) int64 {
 	w.t.Helper()
-	img, err := w.st.Cloud.AddImage(hetzner.Image{Description: "made by hand", Labels: map[string]string{
+	img, err := w.st.Cloud.AddImage(fakehcloud.Image{Description: "made by hand", Labels: map[string]string{
 		label.OS: "talos", label.TalosVersion: version, label.Version: version, label.Arch: "amd64",
 		label.TalosSchematic: talos.QemuGuestAgentSchematic[:32],
 	}, Created: time.Now().Add(-1000 * time.Hour)})
@@ -234,7 +234,7 @@ func requests(reqs []build.Request) []string {
 
 // leftovers returns the servers and SSH keys in the project but for the
 // deployment markers.
-func (w *world) leftovers() (servers []hetzner.Server, keys []hetzner.SSHKey) {
+func (w *world) leftovers() (servers []fakehcloud.Server, keys []fakehcloud.SSHKey) {
 	for _, k := range w.st.Cloud.SSHKeys() {
 		if k.Labels[label.OwnPrefix+"role"] != "deployment" {
 			keys = append(keys, k)
@@ -266,7 +266,7 @@ const oneAtATime = "runs: one at a time per architecture and schematic, oldest v
 // consumers pick: the most recently created, of two created in the same
 // second the later (higher ID).
 func (w *world) mostRecent(arch string) string {
-	var latest *hetzner.Image
+	var latest *fakehcloud.Image
 	for _, img := range w.st.Cloud.Images() {
 		if img.Type != "snapshot" || img.Labels[label.Managed] != label.ManagedValue || img.Labels[label.Arch] != arch {
 			continue
@@ -291,7 +291,7 @@ func (w *world) addOld(version, arch string, age time.Duration) {
 	if got, ok := build.TargetFromLabels(l); !ok || got != tg {
 		w.t.Fatalf("labels %v read back as %v", l, got)
 	}
-	if _, err := w.st.Cloud.AddImage(hetzner.Image{Description: "an old build", Labels: l, Created: time.Now().Add(-age)}); err != nil {
+	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Description: "an old build", Labels: l, Created: time.Now().Add(-age)}); err != nil {
 		w.t.Fatal(err)
 	}
 }
@@ -341,7 +341,7 @@ func TestLifecycle(t *testing.T) {
 	check(t, "second poll GitHub requests (all 304)", []int{second.GitHubRequests, second.GitHubNotModified}, []int{1, 1})
 
 	// A patch of the older line, released after the newer line.
-	if _, err := w.st.GitHub.AddRelease(github.Release{Tag: "v1.12.9", TargetCommitish: "release-1.12"}); err != nil {
+	if _, err := w.st.GitHub.AddRelease(fakegithub.Release{Tag: "v1.12.9", TargetCommitish: "release-1.12"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.st.Factory.SetAvailable("v1.12.9", true); err != nil {
@@ -409,7 +409,7 @@ func TestUnservedVersionIsDeferred(t *testing.T) {
 	t.Parallel()
 	// The factory is asked only about what would start: the oldest version
 	// of each group. Not served, it is deferred and the next one starts.
-	versions := slices.DeleteFunc(factory.DefaultVersions(), func(v string) bool { return v == "v1.12.8" })
+	versions := slices.DeleteFunc(fakefactory.DefaultVersions(), func(v string) bool { return v == "v1.12.8" })
 	w := newWorld(t, stack.Options{Versions: versions}, nil)
 	rep := w.poll(false)
 	check(t, "builds", targets(rep.Builds), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
@@ -523,13 +523,13 @@ func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 // builds queued behind the first of each architecture and schematic.
 func TestCapOnFirstDeploy(t *testing.T) {
 	t.Parallel()
-	releases := github.TalosReleases()
-	versions := factory.DefaultVersions()
+	releases := fakegithub.TalosReleases()
+	versions := fakefactory.DefaultVersions()
 	old := time.Date(2022, 1, 1, 12, 0, 0, 0, time.UTC)
 	for minor := 0; minor < 9; minor++ {
 		for patch := 0; patch < 15; patch++ {
 			tag := fmt.Sprintf("v1.%d.%d", minor, patch)
-			releases = append(releases, github.Release{Tag: tag, CreatedAt: old})
+			releases = append(releases, fakegithub.Release{Tag: tag, CreatedAt: old})
 			versions = append(versions, tag)
 			old = old.Add(5 * 24 * time.Hour)
 		}

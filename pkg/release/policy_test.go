@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -117,7 +117,7 @@ func TestTrack(t *testing.T) {
 // semver only, newest first.
 func talosHistory(t *testing.T) []Release {
 	t.Helper()
-	scenario := github.TalosReleases()
+	scenario := fakegithub.TalosReleases()
 	slices.Reverse(scenario)
 	var out []Release
 	for _, r := range scenario {

@@ -12,15 +12,15 @@ import (
 
 	gogithub "github.com/google/go-github/v62/github"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/github"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
 )
 
-func startGitHub(t *testing.T, o github.Options) *github.Server {
+func startGitHub(t *testing.T, o fakegithub.Options) *fakegithub.Server {
 	t.Helper()
 	if o.Releases == nil {
-		o.Releases = github.TalosReleases()
+		o.Releases = fakegithub.TalosReleases()
 	}
-	s := github.New(o)
+	s := fakegithub.New(o)
 	if _, err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func tags(rs []Release) []string {
 func TestListFilters(t *testing.T) {
 	for _, auth := range []bool{false, true} {
 		t.Run(map[bool]string{false: "anonymous", true: "token"}[auth], func(t *testing.T) {
-			o := github.Options{}
+			o := fakegithub.Options{}
 			lo := Options{}
 			if auth {
 				o.Token, lo.Token = "secret", "secret" // drafts are visible with a token
@@ -85,7 +85,7 @@ func TestListFilters(t *testing.T) {
 }
 
 func TestListStopsPagingOnceCovered(t *testing.T) {
-	gh := startGitHub(t, github.Options{})
+	gh := startGitHub(t, fakegithub.Options{})
 	l := newLister(t, Options{BaseURL: gh.URL(), PerPage: 5})
 	p := mustPolicy(t, 2, false, false, "")
 	got, err := l.List(context.Background(), p.Covered)
@@ -105,7 +105,7 @@ func TestListStopsPagingOnceCovered(t *testing.T) {
 }
 
 func TestListConditional(t *testing.T) {
-	gh := startGitHub(t, github.Options{})
+	gh := startGitHub(t, fakegithub.Options{})
 	l := newLister(t, Options{BaseURL: gh.URL(), PerPage: 20})
 	ctx := context.Background()
 	first, err := l.List(ctx, nil)
@@ -140,7 +140,7 @@ func TestListConditional(t *testing.T) {
 	}
 }
 
-func countConditional(gh *github.Server) int {
+func countConditional(gh *fakegithub.Server) int {
 	n := 0
 	for _, r := range gh.Requests() {
 		if r.Conditional && r.Status == http.StatusNotModified {
@@ -153,15 +153,15 @@ func countConditional(gh *github.Server) int {
 func TestListRateLimited(t *testing.T) {
 	tests := []struct {
 		name   string
-		setup  func(*github.Server)
-		opts   github.Options
+		setup  func(*fakegithub.Server)
+		opts   fakegithub.Options
 		status int
 	}{
-		{"primary", nil, github.Options{RateLimit: 1}, http.StatusForbidden},
-		{"secondary 403", func(s *github.Server) { s.ForceSecondaryRateLimit(http.StatusForbidden, time.Minute, 5) },
-			github.Options{}, http.StatusForbidden},
-		{"secondary 429", func(s *github.Server) { s.ForceSecondaryRateLimit(http.StatusTooManyRequests, time.Minute, 5) },
-			github.Options{}, http.StatusTooManyRequests},
+		{"primary", nil, fakegithub.Options{RateLimit: 1}, http.StatusForbidden},
+		{"secondary 403", func(s *fakegithub.Server) { s.ForceSecondaryRateLimit(http.StatusForbidden, time.Minute, 5) },
+			fakegithub.Options{}, http.StatusForbidden},
+		{"secondary 429", func(s *fakegithub.Server) { s.ForceSecondaryRateLimit(http.StatusTooManyRequests, time.Minute, 5) },
+			fakegithub.Options{}, http.StatusTooManyRequests},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -184,7 +184,7 @@ func TestListRateLimited(t *testing.T) {
 }
 
 func TestListOtherErrors(t *testing.T) {
-	gh := startGitHub(t, github.Options{Token: "secret"})
+	gh := startGitHub(t, fakegithub.Options{Token: "secret"})
 	_, err := newLister(t, Options{BaseURL: gh.URL(), Token: "wrong"}).List(context.Background(), nil)
 	if err == nil || IsRateLimited(err) {
 		t.Errorf("bad token: err = %v, want a plain error", err)

@@ -5,13 +5,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/secrets"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakesecrets"
 )
 
 // TestRead reads through the real aws-sdk-go-v2 clients from the local
 // stand-in of Secrets Manager and SSM Parameter Store.
 func TestRead(t *testing.T) {
-	store := secrets.New()
+	store := fakesecrets.New()
 	url, err := store.Start()
 	if err != nil {
 		t.Fatal(err)

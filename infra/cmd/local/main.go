@@ -25,7 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/lambda"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
@@ -61,7 +61,7 @@ func run(boot, snapshot time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fns := map[string]lambda.Function{
+	fns := map[string]fakelambda.Function{
 		// Budgets for the emulated delays; Hetzner's real ones are the defaults.
 		"builder": {Timeout: 5 * time.Minute, PoolSize: 4,
 			Env: map[string]string{"INSTALL_TIMEOUT": "1m", "STEP_TIMEOUT": "20s", "SNAPSHOT_WAIT": "30s"}},

@@ -1,0 +1,89 @@
+package fakefactory
+
+import (
+	"cmp"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// semverRE is the regular expression suggested by semver.org. The real factory
+// parses versions with blang/semver, which is as strict.
+var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)` +
+	`(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?` +
+	`(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+
+// normalizeVersion returns the version with a "v" prefix. Like the real
+// factory it accepts the version with or without the prefix.
+func normalizeVersion(v string) (string, error) {
+	bare := strings.TrimPrefix(v, "v")
+	if !semverRE.MatchString(bare) {
+		return "", fmt.Errorf("error parsing version: %q is not a semantic version", v)
+	}
+	return "v" + bare, nil
+}
+
+// compareVersions orders two normalized versions by semver precedence.
+func compareVersions(a, b string) int {
+	ma, mb := semverRE.FindStringSubmatch(a[1:]), semverRE.FindStringSubmatch(b[1:])
+	for i := 1; i <= 3; i++ {
+		x, _ := strconv.ParseUint(ma[i], 10, 64)
+		y, _ := strconv.ParseUint(mb[i], 10, 64)
+		if c := cmp.Compare(x, y); c != 0 {
+			return c
+		}
+	}
+	return comparePrerelease(ma[4], mb[4])
+}
+
+// comparePrerelease compares prerelease suffixes; no suffix ranks highest.
+func comparePrerelease(a, b string) int {
+	switch {
+	case a == b:
+		return 0
+	case a == "":
+		return 1
+	case b == "":
+		return -1
+	}
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		x, errX := strconv.ParseUint(as[i], 10, 64)
+		y, errY := strconv.ParseUint(bs[i], 10, 64)
+		var c int
+		switch {
+		case errX == nil && errY == nil:
+			c = cmp.Compare(x, y)
+		case errX == nil: // numeric identifiers rank below alphanumeric ones
+			c = -1
+		case errY == nil:
+			c = 1
+		default:
+			c = strings.Compare(as[i], bs[i])
+		}
+		if c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(as), len(bs))
+}
+
+// DefaultVersions returns the versions a factory accepts when Options.Versions
+// is empty: v1.10.0–v1.10.7, v1.11.0–v1.11.6, v1.12.0–v1.12.8, v1.13.0–v1.13.9,
+// the alpha.0, beta.0 and rc.0 prereleases of each of these minors and
+// v1.14.0-alpha.0, -beta.1 and -rc.1. These are the published semver tags of
+// the GitHub emulator's TalosReleases scenario.
+func DefaultVersions() []string {
+	minors := []struct{ minor, patches int }{{10, 7}, {11, 6}, {12, 8}, {13, 9}}
+	var vs []string
+	for _, m := range minors {
+		for _, pre := range []string{"alpha.0", "beta.0", "rc.0"} {
+			vs = append(vs, fmt.Sprintf("v1.%d.0-%s", m.minor, pre))
+		}
+		for p := 0; p <= m.patches; p++ {
+			vs = append(vs, fmt.Sprintf("v1.%d.%d", m.minor, p))
+		}
+	}
+	return append(vs, "v1.14.0-alpha.0", "v1.14.0-beta.1", "v1.14.0-rc.1")
+}
