@@ -71,7 +71,7 @@ func TestLabelsAreValid(t *testing.T) {
 				}
 				want := map[string]string{"os": "talos", "talos_version": v, "version": v, "arch": a,
 					"talos_schematic_id": talos.VanillaSchematic[:32], "team": "infra",
-					label.Managed: label.ManagedValue, labelBuild: "4711"}
+					label.Managed: label.ManagedValue, label.Build: "4711"}
 				if cluster != "" {
 					want["cluster"] = cluster
 				}
@@ -272,9 +272,9 @@ func TestResume(t *testing.T) {
 			fc := newFakeCloud()
 			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Hour})
 			labels := target.targetLabels("")
-			labels[labelRole], labels[labelStep] = roleBuildServer, tt.step
+			labels[label.Role], labels[label.Step] = label.RoleBuildServer, tt.step
 			if tt.attempts != "" {
-				labels[labelSnapshotAttempts] = tt.attempts
+				labels[label.SnapshotAttempts] = tt.attempts
 			}
 			srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
 			for _, status := range tt.images {
@@ -328,9 +328,9 @@ func TestLease(t *testing.T) {
 			fc := newFakeCloud()
 			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
-			labels[labelRole] = roleLease
-			labels[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
-			labels[labelLeaseOwner] = "other"
+			labels[label.Role] = label.RoleLease
+			labels[label.LeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
+			labels[label.LeaseOwner] = "other"
 			key, _ := fc.CreateSSHKey(context.Background(), target.Name(""), "ssh-ed25519 AAAA", labels)
 			if tt.renewed {
 				stop := make(chan struct{})
@@ -343,7 +343,7 @@ func TestLease(t *testing.T) {
 						case <-time.After(300 * time.Millisecond):
 						}
 						l := maps.Clone(labels)
-						l[labelLeaseUntil] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
+						l[label.LeaseUntil] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
 						fc.SetSSHKeyLabels(context.Background(), key, l)
 					}
 				}()
@@ -480,7 +480,7 @@ func TestIdleHopsAreBounded(t *testing.T) {
 	cont := &recordingContinuer{}
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
 	labels := target.targetLabels("")
-	labels[labelRole], labels[labelStep] = roleBuildServer, "install"
+	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "install"
 	fc.CreateServer(context.Background(), cloudOpts(labels))
 	req := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic}
 	var res Result
@@ -594,7 +594,7 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
 	first := b.Build(context.Background(), target, Request{})
 	labels := target.targetLabels("")
-	labels[labelRole], labels[labelStep] = roleBuildServer, "cleanup"
+	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "cleanup"
 	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
 	lookups := 0
 	fc.beforeServerByName = func() {
@@ -622,7 +622,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	fc := newFakeCloud()
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Minute})
 	labels := target.targetLabels("")
-	labels[labelRole], labels[labelStep] = roleBuildServer, "wait"
+	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "wait"
 	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
 	img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
 	fc.images[img.ID].Created = time.Now().Add(-time.Hour)
@@ -635,7 +635,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 		t.Fatalf("result = %+v", res)
 	}
 	got := fc.images[img.ID].Labels
-	want := map[string]string{label.Managed: label.ManagedValue, labelBuild: strconv.FormatInt(srv.ID, 10), labelFailed: "timeout"}
+	want := map[string]string{label.Managed: label.ManagedValue, label.Build: strconv.FormatInt(srv.ID, 10), label.Failed: "timeout"}
 	if !maps.Equal(got, want) {
 		t.Errorf("labels of the failed snapshot = %v, want %v", got, want)
 	}

@@ -32,13 +32,6 @@ import (
 // the deployment owning the cluster; the Poller claims it, and a deployment
 // that finds another's refuses to act.
 
-// Labels of the deployment marker.
-const (
-	roleDeployment  = "deployment"
-	labelDeployment = label.OwnPrefix + "deployment" // the owner's DeploymentID
-	labelSeen       = label.OwnPrefix + "seen"       // unix seconds of the owner's last poll
-)
-
 // MarkerTTL is how long a deployment's claim on its cluster outlives its
 // Poller's last run: after that the deployment counts as gone (a stack
 // deleted without teardown, renamed, moved) and another may take over.
@@ -74,7 +67,7 @@ func DeploymentID(builderFunction, region string) string {
 	if region != "" {
 		id = region + "." + name
 	}
-	if label.Check(labelDeployment, id) != nil {
+	if label.Check(label.Deployment, id) != nil {
 		sum := sha256.Sum256([]byte(id))
 		return "sha256-" + hex.EncodeToString(sum[:16])
 	}
@@ -149,19 +142,19 @@ func (d Deployment) judge(k *hcloud.SSHKey, now time.Time) error {
 		return fmt.Errorf("an SSH key named %s exists that is not the image builder's marker of this cluster "+
 			"(labels %v); rename or delete it", k.Name, k.Labels)
 	}
-	if owner := k.Labels[labelDeployment]; owner != d.ID && !markerStale(k, now) {
+	if owner := k.Labels[label.Deployment]; owner != d.ID && !markerStale(k, now) {
 		return &OtherDeploymentError{Cluster: d.Cluster, Marker: k.Name, Owner: owner, Us: d.ID, Seen: markerSeen(k)}
 	}
 	return nil
 }
 
 func (d Deployment) isMarker(k *hcloud.SSHKey) bool {
-	return k.Labels[label.Managed] == label.ManagedValue && k.Labels[labelRole] == roleDeployment &&
+	return label.IsManaged(k.Labels) && k.Labels[label.Role] == label.RoleDeployment &&
 		k.Labels[label.Cluster] == d.Cluster
 }
 
 func markerSeen(k *hcloud.SSHKey) time.Time {
-	s, _ := strconv.ParseInt(k.Labels[labelSeen], 10, 64)
+	s, _ := strconv.ParseInt(k.Labels[label.Seen], 10, 64)
 	return time.Unix(s, 0)
 }
 
@@ -189,19 +182,19 @@ func (d Deployment) Claim(ctx context.Context, c MarkerCloud, now time.Time) err
 		}
 		switch {
 		case k == nil:
-		case k.Labels[labelDeployment] == d.ID:
+		case k.Labels[label.Deployment] == d.ID:
 			if now.Sub(markerSeen(k)) < markerRefresh {
 				return nil
 			}
 			l := maps.Clone(k.Labels)
-			l[labelSeen] = strconv.FormatInt(now.Unix(), 10)
+			l[label.Seen] = strconv.FormatInt(now.Unix(), 10)
 			if err := c.SetSSHKeyLabels(ctx, k, l); err != nil {
 				return fmt.Errorf("renew the deployment marker: %w", err)
 			}
 			return nil
 		default: // another's, stale: delete it, then create ours
 			if err := c.DeleteSSHKey(ctx, k); err != nil && !cloud.IsNotFound(err) {
-				return fmt.Errorf("take over the deployment marker of %s: %w", k.Labels[labelDeployment], err)
+				return fmt.Errorf("take over the deployment marker of %s: %w", k.Labels[label.Deployment], err)
 			}
 		}
 		// The key pair is thrown away: the marker is never a login key.
@@ -209,8 +202,8 @@ func (d Deployment) Claim(ctx context.Context, c MarkerCloud, now time.Time) err
 		if err != nil {
 			return err
 		}
-		l := map[string]string{label.Managed: label.ManagedValue, labelRole: roleDeployment,
-			labelDeployment: d.ID, labelSeen: strconv.FormatInt(now.Unix(), 10)}
+		l := map[string]string{label.Managed: label.ManagedValue, label.Role: label.RoleDeployment,
+			label.Deployment: d.ID, label.Seen: strconv.FormatInt(now.Unix(), 10)}
 		if d.Cluster != "" {
 			l[label.Cluster] = d.Cluster
 		}
@@ -233,7 +226,7 @@ func (d Deployment) Release(ctx context.Context, c MarkerCloud) error {
 	if err != nil {
 		return fmt.Errorf("look up the deployment marker: %w", err)
 	}
-	if k == nil || !d.isMarker(k) || k.Labels[labelDeployment] != d.ID {
+	if k == nil || !d.isMarker(k) || k.Labels[label.Deployment] != d.ID {
 		return nil
 	}
 	if err := c.DeleteSSHKey(ctx, k); err != nil && !cloud.IsNotFound(err) {
@@ -255,7 +248,7 @@ func (r *run) name() string { return r.t.Name(r.b.opts.Cluster) }
 // (none when we have none) and of the target.
 func (r *run) owned(labels map[string]string, role string) bool {
 	t, ok := TargetFromLabels(labels)
-	return ok && t == r.t && labels[label.Managed] == label.ManagedValue && labels[labelRole] == role &&
+	return ok && t == r.t && label.IsManaged(labels) && labels[label.Role] == role &&
 		labels[label.Cluster] == r.b.opts.Cluster
 }
 
@@ -274,7 +267,7 @@ func (e *ForeignError) Error() string {
 	}
 	return fmt.Sprintf("%s %s is not this deployment's build of %s (cluster %s, %s=%q, role %q): not adopting it; "+
 		"another deployment with the same CLUSTER_NAME in this project, or someone else's %s of that name",
-		e.Kind, e.Name, e.Target, cluster, label.Managed, e.Labels[label.Managed], e.Labels[labelRole], e.Kind)
+		e.Kind, e.Name, e.Target, cluster, label.Managed, e.Labels[label.Managed], e.Labels[label.Role], e.Kind)
 }
 
 // lookup returns the target's build server, nil when there is none, or a
@@ -284,7 +277,7 @@ func (r *run) lookup(ctx context.Context) (*hcloud.Server, error) {
 	if err != nil || srv == nil {
 		return srv, err
 	}
-	if !r.owned(srv.Labels, roleBuildServer) {
+	if !r.owned(srv.Labels, label.RoleBuildServer) {
 		return nil, &ForeignError{Kind: "server", Name: srv.Name, Labels: srv.Labels, Target: r.t}
 	}
 	return srv, nil

@@ -27,7 +27,7 @@ func TestDeploymentID(t *testing.T) {
 		if got != tt.want && !(strings.HasSuffix(tt.want, "-") && strings.HasPrefix(got, tt.want)) {
 			t.Errorf("DeploymentID(%q, %q) = %q, want %q", tt.function, tt.region, got, tt.want)
 		}
-		if got != "" && label.Check(labelDeployment, got) != nil {
+		if got != "" && label.Check(label.Deployment, got) != nil {
 			t.Errorf("DeploymentID(%q, %q) = %q: not a label value", tt.function, tt.region, got)
 		}
 	}
@@ -47,7 +47,7 @@ func TestMarker(t *testing.T) {
 		if k == nil {
 			return "none"
 		}
-		return k.Labels[labelDeployment] + "@" + strconv.FormatInt(markerSeen(k).Sub(t0.Truncate(time.Second)).Milliseconds()/1000, 10)
+		return k.Labels[label.Deployment] + "@" + strconv.FormatInt(markerSeen(k).Sub(t0.Truncate(time.Second)).Milliseconds()/1000, 10)
 	}
 	steps := []struct {
 		what string
@@ -98,7 +98,7 @@ func TestBuilderRefusesOtherDeployment(t *testing.T) {
 		t.Fatal(err)
 	}
 	labels := target.targetLabels("")
-	labels[labelRole], labels[labelStep] = roleBuildServer, string(StepInstall)
+	labels[label.Role], labels[label.Step] = label.RoleBuildServer, string(StepInstall)
 	fc.CreateServer(ctx, cloudOpts(labels)) // the other's build under way
 	before := len(mutating(fc.callLog()))
 	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{Deployment: "eu-central-1.me"})
@@ -119,7 +119,7 @@ func TestBuilderRefusesOtherDeployment(t *testing.T) {
 func TestForeignIsNotAdopted(t *testing.T) {
 	ctx := context.Background()
 	other := target.targetLabels("staging")
-	other[labelRole], other[labelStep] = roleBuildServer, string(StepInstall)
+	other[label.Role], other[label.Step] = label.RoleBuildServer, string(StepInstall)
 	for _, tt := range []struct {
 		name  string
 		setup func(fc *fakeCloud)

@@ -140,17 +140,6 @@ func rescueFailure(ctx context.Context, code string, err error) error {
 
 var errInstallTimeout = errors.New("INSTALL_TIMEOUT ran out")
 
-// Failure records are SSH keys with these labels besides the target's.
-const (
-	roleFailure   = "failure"
-	labelFailures = label.OwnPrefix + "failures"  // failures so far
-	labelError    = label.OwnPrefix + "error"     // code of the last one (Classify)
-	labelFailedAt = label.OwnPrefix + "failed-at" // unix seconds of the last one
-	labelNext     = label.OwnPrefix + "next"      // unix seconds: no attempt before
-	labelConfig   = label.OwnPrefix + "config"    // ConfigDigest the failures were met under
-	// labelStep holds the step that failed, labelRequest the request.
-)
-
 // Defaults of FailurePolicy: FAILURE_BACKOFF is one poll interval of the
 // hourly schedule.
 const (
@@ -225,25 +214,20 @@ type FailureRecord struct {
 	Request  string    // the request whose build failed last
 }
 
-// FailureSelector selects every failure record of the image builder.
-func FailureSelector() string {
-	return label.Managed + "=" + label.ManagedValue + "," + labelRole + "=" + roleFailure
-}
-
 // ParseFailureRecord reads a failure record from its key.
 func ParseFailureRecord(k *hcloud.SSHKey) (FailureRecord, bool) {
 	l := k.Labels
 	t, ok := TargetFromLabels(l)
-	if !ok || l[label.Managed] != label.ManagedValue || l[labelRole] != roleFailure {
+	if !ok || !label.IsManaged(l) || l[label.Role] != label.RoleFailure {
 		return FailureRecord{}, false
 	}
-	n, err := strconv.Atoi(l[labelFailures])
+	n, err := strconv.Atoi(l[label.Failures])
 	if err != nil || n < 1 {
 		return FailureRecord{}, false
 	}
-	return FailureRecord{Key: k, Target: t, Cluster: l[label.Cluster], Failures: n, Code: l[labelError],
-		Step: Step(l[labelStep]), At: unixLabel(l[labelFailedAt]), Next: unixLabel(l[labelNext]),
-		Config: l[labelConfig], Request: l[labelRequest]}, true
+	return FailureRecord{Key: k, Target: t, Cluster: l[label.Cluster], Failures: n, Code: l[label.LastError],
+		Step: Step(l[label.Step]), At: unixLabel(l[label.FailedAt]), Next: unixLabel(l[label.NextAttempt]),
+		Config: l[label.ConfigDigest], Request: l[label.Request]}, true
 }
 
 func unixLabel(s string) time.Time {
@@ -268,15 +252,15 @@ func failureName(t Target, cluster string) string {
 // Labels are the record's labels.
 func (rec FailureRecord) Labels() map[string]string {
 	l := rec.Target.targetLabels(rec.Cluster)
-	l[labelRole] = roleFailure
-	l[labelFailures] = strconv.Itoa(rec.Failures)
-	l[labelError] = rec.Code
-	l[labelStep] = string(rec.Step)
-	l[labelFailedAt] = strconv.FormatInt(rec.At.Unix(), 10)
-	l[labelNext] = strconv.FormatInt(rec.Next.Unix(), 10)
-	l[labelConfig] = rec.Config
-	if label.Check(labelRequest, rec.Request) == nil {
-		l[labelRequest] = rec.Request
+	l[label.Role] = label.RoleFailure
+	l[label.Failures] = strconv.Itoa(rec.Failures)
+	l[label.LastError] = rec.Code
+	l[label.Step] = string(rec.Step)
+	l[label.FailedAt] = strconv.FormatInt(rec.At.Unix(), 10)
+	l[label.NextAttempt] = strconv.FormatInt(rec.Next.Unix(), 10)
+	l[label.ConfigDigest] = rec.Config
+	if label.Check(label.Request, rec.Request) == nil {
+		l[label.Request] = rec.Request
 	}
 	for k, v := range l {
 		if label.Check(k, v) != nil {
@@ -374,9 +358,9 @@ type SnapshotCloud interface {
 // snapshot is gone.
 func DiscardSnapshot(ctx context.Context, c SnapshotCloud, img *hcloud.Image, why string) (bool, error) {
 	var errs []error
-	if img.Labels[labelFailed] == "" {
-		marked := map[string]string{label.Managed: label.ManagedValue, labelFailed: why}
-		for _, k := range []string{labelBuild, label.Cluster} {
+	if img.Labels[label.Failed] == "" {
+		marked := map[string]string{label.Managed: label.ManagedValue, label.Failed: why}
+		for _, k := range []string{label.Build, label.Cluster} {
 			if v, ok := img.Labels[k]; ok {
 				marked[k] = v
 			}
@@ -393,12 +377,12 @@ func DiscardSnapshot(ctx context.Context, c SnapshotCloud, img *hcloud.Image, wh
 
 // FailedSnapshot tells why a snapshot was marked failed by DiscardSnapshot,
 // or "".
-func FailedSnapshot(labels map[string]string) string { return labels[labelFailed] }
+func FailedSnapshot(labels map[string]string) string { return labels[label.Failed] }
 
 // SnapshotServer returns the id of the build server a snapshot was taken
 // of.
 func SnapshotServer(labels map[string]string) (int64, bool) {
-	id, err := strconv.ParseInt(labels[labelBuild], 10, 64)
+	id, err := strconv.ParseInt(labels[label.Build], 10, 64)
 	return id, err == nil
 }
 

@@ -56,7 +56,7 @@ func TestClassify(t *testing.T) {
 			if code != tt.code || temp != tt.transient {
 				t.Errorf("Classify(%v) = %q, %v; want %q, %v", tt.err, code, temp, tt.code, tt.transient)
 			}
-			if err := label.Check(labelError, code); err != nil {
+			if err := label.Check(label.LastError, code); err != nil {
 				t.Errorf("code is no label value: %v", err)
 			}
 		})

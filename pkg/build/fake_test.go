@@ -17,6 +17,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt/gpttest"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
@@ -144,7 +145,7 @@ func (f *fakeCloud) CreateServer(_ context.Context, o cloud.CreateServerOpts) (*
 func (f *fakeCloud) SetServerLabels(_ context.Context, s *hcloud.Server, labels map[string]string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.call("SetServerLabels:" + labels[labelStep]); err != nil {
+	if err := f.call("SetServerLabels:" + labels[label.Step]); err != nil {
 		return err
 	}
 	if cur := f.servers[s.ID]; cur != nil {
@@ -272,7 +273,7 @@ func (f *fakeCloud) CreateSSHKey(_ context.Context, name, pub string, labels map
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	call := "CreateSSHKey"
-	if labels[labelRole] == roleFailure {
+	if labels[label.Role] == label.RoleFailure {
 		call += ":failure"
 	}
 	if err := f.call(call); err != nil {
@@ -333,7 +334,7 @@ func (f *fakeCloud) counts() (servers, keys, images int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, k := range f.keys {
-		if k.Labels[labelRole] != roleFailure {
+		if k.Labels[label.Role] != label.RoleFailure {
 			keys++
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 )
 
@@ -69,11 +70,11 @@ func (r *run) acquire(ctx context.Context) (*lease, context.Context, error) {
 	}
 	owner := b.owner(ctx)
 	labels := r.t.targetLabels(b.opts.Cluster)
-	labels[labelRole] = roleLease
-	labels[labelLeaseOwner] = owner
+	labels[label.Role] = label.RoleLease
+	labels[label.LeaseOwner] = owner
 	name := r.name()
 	for range 2 {
-		labels[labelLeaseUntil] = strconv.FormatInt(b.now().Add(b.opts.LeaseTTL).Unix(), 10)
+		labels[label.LeaseUntil] = strconv.FormatInt(b.now().Add(b.opts.LeaseTTL).Unix(), 10)
 		hk, err := b.cloud.CreateSSHKey(ctx, name, key.AuthorizedKey(), labels)
 		if err == nil {
 			l, lctx := r.held(ctx, key, hk, owner)
@@ -89,7 +90,7 @@ func (r *run) acquire(ctx context.Context) (*lease, context.Context, error) {
 		if cur == nil {
 			continue // released meanwhile
 		}
-		if !r.owned(cur.Labels, roleLease) {
+		if !r.owned(cur.Labels, label.RoleLease) {
 			return nil, ctx, &ForeignError{Kind: "SSH key", Name: cur.Name, Labels: cur.Labels, Target: r.t}
 		}
 		if cur.Fingerprint == key.Fingerprint() {
@@ -103,9 +104,9 @@ func (r *run) acquire(ctx context.Context) (*lease, context.Context, error) {
 			return l, lctx, nil
 		}
 		if !leaseExpired(cur, b.now()) {
-			return nil, ctx, &leaseHeldError{owner: cur.Labels[labelLeaseOwner], until: leaseUntil(cur)}
+			return nil, ctx, &leaseHeldError{owner: cur.Labels[label.LeaseOwner], until: leaseUntil(cur)}
 		}
-		r.log.WarnContext(ctx, "taking over an expired lease", "owner", cur.Labels[labelLeaseOwner])
+		r.log.WarnContext(ctx, "taking over an expired lease", "owner", cur.Labels[label.LeaseOwner])
 		if err := b.cloud.DeleteSSHKey(ctx, cur); err != nil {
 			return nil, ctx, err
 		}
@@ -145,7 +146,7 @@ func (r *run) awaitLease(ctx context.Context, held *leaseHeldError, next Step) (
 			}
 			return l, lctx, err
 		case leaseUntil(cur).After(seen):
-			r.log.InfoContext(ctx, "another invocation is building this target", "owner", cur.Labels[labelLeaseOwner])
+			r.log.InfoContext(ctx, "another invocation is building this target", "owner", cur.Labels[label.LeaseOwner])
 			return nil, ctx, errLeaseHeld
 		}
 	}
@@ -164,7 +165,7 @@ func (r *run) held(ctx context.Context, key *ssh.Key, hk *hcloud.SSHKey, owner s
 func leaseExpired(k *hcloud.SSHKey, now time.Time) bool { return !LeaseActive(k.Labels, now) }
 
 func leaseUntil(k *hcloud.SSHKey) time.Time {
-	until, _ := strconv.ParseInt(k.Labels[labelLeaseUntil], 10, 64)
+	until, _ := strconv.ParseInt(k.Labels[label.LeaseUntil], 10, 64)
 	return time.Unix(until, 0)
 }
 
@@ -184,7 +185,7 @@ func (l *lease) heartbeat(ttl time.Duration, now func() time.Time, expiry time.T
 			return
 		case <-t.C:
 			until := now().Add(ttl)
-			labels[labelLeaseUntil] = strconv.FormatInt(until.Unix(), 10)
+			labels[label.LeaseUntil] = strconv.FormatInt(until.Unix(), 10)
 			ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
 			err := l.cloud.SetSSHKeyLabels(ctx, k, maps.Clone(labels))
 			cancel()
@@ -213,7 +214,7 @@ func (l *lease) verify(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("check the build's lease: %w", err)
 	}
-	if k == nil || k.ID != l.hkey.ID || k.Labels[labelLeaseOwner] != l.owner {
+	if k == nil || k.ID != l.hkey.ID || k.Labels[label.LeaseOwner] != l.owner {
 		l.lost(errLeaseLost)
 		return errLeaseLost
 	}

@@ -151,8 +151,8 @@ func (r *run) build(ctx context.Context) Result {
 			return r.res
 		}
 	} else {
-		r.force = r.force || srv.Labels[labelForce] == "true"
-		r.replaces = parseIDs(srv.Labels[labelReplaces])
+		r.force = r.force || srv.Labels[label.Force] == "true"
+		r.replaces = parseIDs(srv.Labels[label.Replaces])
 	}
 	r.setServer(srv)
 
@@ -247,7 +247,7 @@ func stepOf(srv *hcloud.Server) Step {
 	if srv == nil {
 		return StepServer
 	}
-	if s := Step(srv.Labels[labelStep]); s != "" {
+	if s := Step(srv.Labels[label.Step]); s != "" {
 		return s
 	}
 	return StepInstall
@@ -283,12 +283,12 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 		// A forced build replaces the snapshots there are now, unless
 		// they were made for this very request (a re-delivery).
 		i := slices.IndexFunc(snaps, func(img *hcloud.Image) bool {
-			return img.Status == hcloud.ImageStatusAvailable && img.Labels[labelRequest] == r.origin
+			return img.Status == hcloud.ImageStatusAvailable && img.Labels[label.Request] == r.origin
 		})
 		if i < 0 {
 			r.replaces = r.replaces[:0]
 			for _, img := range snaps {
-				if img.Status == hcloud.ImageStatusAvailable && img.Labels[label.Managed] == label.ManagedValue {
+				if img.Status == hcloud.ImageStatusAvailable && label.IsManaged(img.Labels) {
 					r.replaces = append(r.replaces, img.ID)
 				}
 			}
@@ -309,7 +309,7 @@ func (r *run) existing(ctx context.Context, log *slog.Logger) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if k != nil && r.owned(k.Labels, roleLease) {
+	if k != nil && r.owned(k.Labels, label.RoleLease) {
 		if !leaseExpired(k, r.b.now()) {
 			// Its holder is finishing up (or died moments ago): done once
 			// the lease is released or has expired.
@@ -341,7 +341,7 @@ func newestAvailable(imgs []*hcloud.Image) *hcloud.Image {
 // a forced rebuild replaces the old snapshot only once the new one is there.
 func (r *run) deleteOthers(ctx context.Context, snaps []*hcloud.Image, keep *hcloud.Image, log *slog.Logger) error {
 	for _, img := range snaps {
-		if img.ID == keep.ID || img.Status != hcloud.ImageStatusAvailable || img.Labels[label.Managed] != label.ManagedValue {
+		if img.ID == keep.ID || img.Status != hcloud.ImageStatusAvailable || !label.IsManaged(img.Labels) {
 			continue
 		}
 		log.InfoContext(ctx, "deleting replaced snapshot", "snapshot_id", img.ID, "kept", keep.ID)
@@ -504,13 +504,13 @@ func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) 
 		return "", deterministic("server-type", err)
 	}
 	labels := r.t.targetLabels(b.opts.Cluster)
-	labels[labelRole] = roleBuildServer
-	labels[labelStep] = string(StepInstall)
+	labels[label.Role] = label.RoleBuildServer
+	labels[label.Step] = string(StepInstall)
 	if r.force {
-		labels[labelForce] = "true"
+		labels[label.Force] = "true"
 	}
 	if len(r.replaces) > 0 {
-		labels[labelReplaces] = formatIDs(r.replaces)
+		labels[label.Replaces] = formatIDs(r.replaces)
 	}
 	now := b.now()
 	tried := false
@@ -609,7 +609,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 // labels: read-modify-write, since Hetzner replaces the whole set.
 func (r *run) checkpoint(ctx context.Context, next Step, extra map[string]string) error {
 	labels := maps.Clone(r.srv.Labels)
-	labels[labelStep] = string(next)
+	labels[label.Step] = string(next)
 	maps.Copy(labels, extra)
 	return r.b.cloud.SetServerLabels(ctx, r.srv, labels)
 }
@@ -644,8 +644,8 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
-	if label.Check(labelRequest, r.origin) == nil {
-		labels[labelRequest] = r.origin // a re-delivered forced request finds its build done
+	if label.Check(label.Request, r.origin) == nil {
+		labels[label.Request] = r.origin // a re-delivered forced request finds its build done
 	}
 	img, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
 	if err != nil {
@@ -671,7 +671,7 @@ func (r *run) adoptSnapshot(ctx context.Context, log *slog.Logger) (bool, error)
 		return false, err
 	}
 	for _, img := range snaps {
-		if img.Labels[labelFailed] == "" {
+		if img.Labels[label.Failed] == "" {
 			log.InfoContext(ctx, "adopting the snapshot an earlier create_image started", "snapshot_id", img.ID)
 			return true, nil
 		}
@@ -683,8 +683,7 @@ func (r *run) adoptSnapshot(ctx context.Context, log *slog.Logger) (bool, error)
 // oldest first. More than one means a create_image was repeated after its
 // reply was lost.
 func (r *run) snapshotsOfServer(ctx context.Context) ([]*hcloud.Image, error) {
-	sel := label.Managed + "=" + label.ManagedValue + "," + labelBuild + "=" + strconv.FormatInt(r.srv.ID, 10)
-	snaps, err := r.b.cloud.Snapshots(ctx, sel)
+	snaps, err := r.b.cloud.Snapshots(ctx, label.SnapshotsOfServer(r.srv.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -740,12 +739,12 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 // (or was never made: an invocation died between checkpoint and
 // create_image), counting the attempts.
 func (r *run) retake(ctx context.Context, log *slog.Logger) (Step, error) {
-	n, _ := strconv.Atoi(r.srv.Labels[labelSnapshotAttempts])
+	n, _ := strconv.Atoi(r.srv.Labels[label.SnapshotAttempts])
 	if n++; n >= maxSnapshotAttempts {
 		return "", deterministic("snapshot-vanished", fmt.Errorf("the snapshot of %s vanished %d times; giving up", r.name(), n))
 	}
 	log.WarnContext(ctx, "no snapshot of the server exists, taking it again", "attempt", n+1)
-	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, map[string]string{labelSnapshotAttempts: strconv.Itoa(n)})
+	return StepSnapshot, r.checkpoint(ctx, StepSnapshot, map[string]string{label.SnapshotAttempts: strconv.Itoa(n)})
 }
 
 // judgeSnapshots looks at the server's snapshots (oldest first). It returns
@@ -756,8 +755,8 @@ func (r *run) retake(ctx context.Context, log *slog.Logger) (Step, error) {
 func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *slog.Logger) (*hcloud.Image, error) {
 	var creating, good *hcloud.Image
 	for _, img := range snaps {
-		if img.Labels[labelFailed] != "" {
-			r.discard(ctx, img, img.Labels[labelFailed], log) // left by an earlier failure
+		if img.Labels[label.Failed] != "" {
+			r.discard(ctx, img, img.Labels[label.Failed], log) // left by an earlier failure
 			continue
 		}
 		var why string
@@ -817,7 +816,7 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	for _, dup := range snaps {
-		if dup.ID == r.res.SnapshotID || dup.Labels[labelFailed] != "" {
+		if dup.ID == r.res.SnapshotID || dup.Labels[label.Failed] != "" {
 			continue
 		}
 		log.InfoContext(ctx, "deleting a duplicate snapshot of a repeated create_image", "snapshot_id", dup.ID, "kept", r.res.SnapshotID)
@@ -845,7 +844,7 @@ func (r *run) deleteReplaced(ctx context.Context, log *slog.Logger) error {
 	}
 	newest := newestAvailable(snaps)
 	for _, img := range snaps {
-		if !slices.Contains(r.replaces, img.ID) || img == newest || img.Labels[label.Managed] != label.ManagedValue {
+		if !slices.Contains(r.replaces, img.ID) || img == newest || !label.IsManaged(img.Labels) {
 			continue
 		}
 		log.InfoContext(ctx, "deleting replaced snapshot", "snapshot_id", img.ID, "kept", newest.ID)

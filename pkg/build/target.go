@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -64,23 +63,6 @@ func (t Target) Name(cluster string) string {
 	return "talos-" + t.Arch + "-" + readable + "-" + hex.EncodeToString(sum[:5])
 }
 
-// Labels of managed resources besides the consumer contract in pkg/label.
-const (
-	labelRole             = label.OwnPrefix + "role"           // build-server | lease
-	labelSchematicRest    = label.OwnPrefix + "schematic-rest" // last 32 hex: a label value holds 63 chars
-	labelStep             = label.OwnPrefix + "step"
-	labelSnapshotAttempts = label.OwnPrefix + "snapshot-attempts" // snapshots of this server retaken after one vanished
-	labelFailed           = label.OwnPrefix + "failed"            // on a snapshot that failed but could not be deleted
-	labelBuild            = label.OwnPrefix + "build"             // on a snapshot: id of the server it came from
-	labelForce            = label.OwnPrefix + "force"             // the build replaces an existing snapshot
-	labelReplaces         = label.OwnPrefix + "replaces"          // on a forced build's server: ids it replaces, "_"-joined
-	labelRequest          = label.OwnPrefix + "request"           // on a snapshot: the request it was built for
-	labelLeaseOwner       = label.OwnPrefix + "owner"             // on the lease key
-	labelLeaseUntil       = label.OwnPrefix + "until"             // unix seconds
-	roleBuildServer       = "build-server"
-	roleLease             = "lease"
-)
-
 // targetLabels identify the target on servers, keys and snapshots.
 func (t Target) targetLabels(cluster string) map[string]string {
 	l := map[string]string{
@@ -88,7 +70,7 @@ func (t Target) targetLabels(cluster string) map[string]string {
 		label.TalosVersion:   t.Version,
 		label.Arch:           t.Arch,
 		label.TalosSchematic: t.Schematic[:32],
-		labelSchematicRest:   t.Schematic[32:],
+		label.SchematicRest:  t.Schematic[32:],
 	}
 	if cluster != "" {
 		l[label.Cluster] = cluster
@@ -98,16 +80,10 @@ func (t Target) targetLabels(cluster string) map[string]string {
 
 // snapshotSelector selects the managed snapshots of the target.
 func (t Target) snapshotSelector(cluster string) string {
-	l := t.targetLabels(cluster)
-	parts := make([]string, 0, len(l)+1)
-	for k, v := range l {
-		parts = append(parts, k+"="+v)
-	}
 	if cluster == "" {
-		parts = append(parts, "!"+label.Cluster)
+		return label.Selector(t.targetLabels(cluster), label.Cluster)
 	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
+	return label.Selector(t.targetLabels(cluster))
 }
 
 // snapshotLabels are the contract labels consumers select by, ours, and the
@@ -122,14 +98,14 @@ func (t Target) snapshotLabels(cluster string, extra map[string]string, serverID
 	}
 	l[label.OS] = "talos"
 	l[label.Version] = t.Version
-	l[labelBuild] = strconv.FormatInt(serverID, 10)
+	l[label.Build] = strconv.FormatInt(serverID, 10)
 	return l
 }
 
 // TargetFromLabels reads the target back from a managed resource's labels;
 // the Poller uses it to re-drive a build whose server it finds.
 func TargetFromLabels(l map[string]string) (Target, bool) {
-	t := Target{Version: l[label.TalosVersion], Arch: l[label.Arch], Schematic: l[label.TalosSchematic] + l[labelSchematicRest]}
+	t := Target{Version: l[label.TalosVersion], Arch: l[label.Arch], Schematic: l[label.TalosSchematic] + l[label.SchematicRest]}
 	return t, t.Validate() == nil
 }
 
@@ -137,19 +113,9 @@ func (t Target) description() string {
 	return fmt.Sprintf("Talos %s hcloud-%s, schematic %s (hcloud-k8s image builder)", t.Version, t.Arch, t.Schematic)
 }
 
-// BuildServerSelector selects every build server of the image builder.
-func BuildServerSelector() string {
-	return label.Managed + "=" + label.ManagedValue + "," + labelRole + "=" + roleBuildServer
-}
-
-// LeaseSelector selects every lease key of the image builder.
-func LeaseSelector() string {
-	return label.Managed + "=" + label.ManagedValue + "," + labelRole + "=" + roleLease
-}
-
-// LeaseActive tells whether a lease key (see LeaseSelector) is held by a
+// LeaseActive tells whether a lease key (label.RoleSelector(label.RoleLease)) is held by a
 // live invocation at now.
 func LeaseActive(labels map[string]string, now time.Time) bool {
-	until, err := strconv.ParseInt(labels[labelLeaseUntil], 10, 64)
+	until, err := strconv.ParseInt(labels[label.LeaseUntil], 10, 64)
 	return err == nil && now.Unix() <= until
 }

@@ -48,3 +48,37 @@ func TestIsReserved(t *testing.T) {
 		}
 	}
 }
+
+func TestSelectors(t *testing.T) {
+	tests := []struct {
+		name, got, want string
+	}{
+		{"match and absent", Selector(map[string]string{Arch: "arm64", OS: "talos"}, Cluster), "arch=arm64,os=talos,!cluster"},
+		{"absent only", Selector(nil, Cluster, Role), "!cluster,!" + Role},
+		{"role", RoleSelector(RoleLease), Managed + "=" + ManagedValue + "," + Role + "=lease"},
+		{"snapshots of no cluster", SnapshotsOf(""), Managed + "=" + ManagedValue + ",!cluster"},
+		{"snapshots of a cluster", SnapshotsOf("prod"), "cluster=prod," + Managed + "=" + ManagedValue},
+		{"snapshots of a server", SnapshotsOfServer(42), Build + "=42," + Managed + "=" + ManagedValue},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestIsManaged(t *testing.T) {
+	for _, tt := range []struct {
+		labels map[string]string
+		want   bool
+	}{
+		{map[string]string{Managed: ManagedValue}, true},
+		{map[string]string{Managed: "someone-else"}, false},
+		{map[string]string{Role: RoleLease}, false},
+		{nil, false},
+	} {
+		if got := IsManaged(tt.labels); got != tt.want {
+			t.Errorf("IsManaged(%v) = %v, want %v", tt.labels, got, tt.want)
+		}
+	}
+}

@@ -41,13 +41,13 @@ func (f *fakeDeleter) SetImageLabels(_ context.Context, img *hcloud.Image, l map
 	return f.do(fmt.Sprintf("label image %d %d", img.ID, len(l)))
 }
 func (f *fakeDeleter) CreateSSHKey(_ context.Context, name, _ string, l map[string]string) (*hcloud.SSHKey, error) {
-	return &hcloud.SSHKey{Name: name, Labels: l}, f.do("create key " + name + " failures=" + l[label.OwnPrefix+"failures"])
+	return &hcloud.SSHKey{Name: name, Labels: l}, f.do("create key " + name + " failures=" + l[label.Failures])
 }
 func (f *fakeDeleter) SSHKeyByName(context.Context, string) (*hcloud.SSHKey, error) {
 	return nil, f.do("get key")
 }
 func (f *fakeDeleter) SetSSHKeyLabels(_ context.Context, k *hcloud.SSHKey, l map[string]string) error {
-	return f.do(fmt.Sprintf("label key %d failures=%s", k.ID, l[label.OwnPrefix+"failures"]))
+	return f.do(fmt.Sprintf("label key %d failures=%s", k.ID, l[label.Failures]))
 }
 
 func TestExecutor(t *testing.T) {

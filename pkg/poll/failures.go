@@ -226,7 +226,7 @@ func (p *Plan) holdFailures(s State, r Rules, collected map[int64]bool) State {
 func failedSnapshot(img *hcloud.Image, now time.Time, r Rules) (FailedSnapshot, bool) {
 	fs := FailedSnapshot{Resource: Resource{ID: img.ID, Name: img.Description, Created: img.Created}, img: img}
 	if why := build.FailedSnapshot(img.Labels); why != "" {
-		if img.Labels[label.Managed] != label.ManagedValue || img.Labels[label.Cluster] != r.Cluster {
+		if !label.IsManaged(img.Labels) || img.Labels[label.Cluster] != r.Cluster {
 			return fs, false
 		}
 		fs.Reason = fmt.Sprintf("snapshot marked failed (%s) and left when it could not be deleted", why)

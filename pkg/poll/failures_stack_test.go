@@ -147,7 +147,7 @@ func TestFailingTargetIsParked(t *testing.T) {
 	check(t, "builds after the change", targets(rep.Builds), []string{"v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"})
 	var records []string
 	for _, k := range w.st.Cloud.SSHKeys() {
-		if k.Labels[label.OwnPrefix+"role"] == "failure" {
+		if k.Labels[label.Role] == label.RoleFailure {
 			records = append(records, k.Labels[label.TalosVersion]+"/"+k.Labels[label.Arch])
 		}
 	}

@@ -158,7 +158,7 @@ func TestPlanFailsStuckSnapshots(t *testing.T) {
 	w := newWorld(t, "v1.12.8", "v1.13.9")
 	stuck := w.snap("v1.12.8/amd64", 45*time.Minute, "creating")
 	young := w.snap("v1.12.8/arm64", 10*time.Minute, "creating")
-	w.state.Snapshots[len(w.state.Snapshots)-1].Labels[label.OwnPrefix+"build"] = "1"
+	w.state.Snapshots[len(w.state.Snapshots)-1].Labels[label.Build] = "1"
 	before := NewPlan(w.state, base) // without a snapshot timeout, as before
 	if got := specs(before.Builds); len(got) != 0 {
 		t.Fatalf("without SNAPSHOT_TIMEOUT the stuck snapshot's group builds %v", got)
@@ -193,7 +193,7 @@ func TestPlanFailsStuckSnapshots(t *testing.T) {
 	w = newWorld(t, "v1.12.8", "v1.13.9")
 	w.snap("v1.12.8/amd64", 45*time.Minute, "creating")
 	srv := w.server("v1.12.8/amd64", 50*time.Minute, "active")
-	w.state.Snapshots[0].Labels[label.OwnPrefix+"build"] = fmt.Sprint(srv)
+	w.state.Snapshots[0].Labels[label.Build] = fmt.Sprint(srv)
 	if p := NewPlan(w.state, withFailures(base)); len(p.FailSnapshots) != 0 {
 		t.Errorf("a watched snapshot was failed: %+v", p.FailSnapshots)
 	}
@@ -203,7 +203,7 @@ func TestPlanFailsStuckSnapshots(t *testing.T) {
 	w.snap("v1.12.8/amd64", time.Minute)
 	w.state.Snapshots[0].Status = "unavailable"
 	left := &hcloud.Image{ID: w.id(), Status: hcloud.ImageStatusAvailable, Created: now.Add(-time.Hour), Labels: map[string]string{
-		label.Managed: label.ManagedValue, label.OwnPrefix + "build": "5", label.OwnPrefix + "failed": "timeout"}}
+		label.Managed: label.ManagedValue, label.Build: "5", label.Failed: "timeout"}}
 	w.state.Snapshots = append(w.state.Snapshots, left)
 	p = NewPlan(w.state, withFailures(base))
 	if len(p.FailSnapshots) != 2 || p.FailSnapshots[0].record.Code != "snapshot-status-unavailable" ||

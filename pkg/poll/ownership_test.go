@@ -35,7 +35,7 @@ func TestGitHubDownStillCleansUp(t *testing.T) {
 	w.addOld("v1.10.0", "amd64", 1000*time.Hour) // beyond retention
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
 	w.breakBuild(stuck)
-	orphan, err := w.cloud.CreateSSHKey(context.Background(), "talos-amd64-orphan", newPublicKey(t), selectorLabels(build.LeaseSelector()))
+	orphan, err := w.cloud.CreateSSHKey(context.Background(), "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestTwoDeploymentsShareAProject(t *testing.T) {
 	}
 	check(t, "snapshots", snaps, []string{"prod:v1.13.9"})
 	if servers := st.Cloud.Servers(); len(servers) != 1 || servers[0].ID != stagingServer.ID ||
-		servers[0].Labels[label.OwnPrefix+"step"] != "install" {
+		servers[0].Labels[label.Step] != "install" {
 		t.Fatalf("servers %+v, want staging's alone, untouched", servers)
 	}
 
@@ -290,9 +290,9 @@ func TestTwoDeploymentsShareAProject(t *testing.T) {
 func holdLease(t *testing.T, w *world, tg build.Target, until time.Time) {
 	t.Helper()
 	l := map[string]string{label.Managed: label.ManagedValue, label.TalosVersion: tg.Version, label.Arch: tg.Arch,
-		label.TalosSchematic: tg.Schematic[:32], label.OwnPrefix + "schematic-rest": tg.Schematic[32:],
-		label.OwnPrefix + "role": "lease", label.OwnPrefix + "owner": "a-live-invocation",
-		label.OwnPrefix + "until": strconv.FormatInt(until.Unix(), 10)}
+		label.TalosSchematic: tg.Schematic[:32], label.SchematicRest: tg.Schematic[32:],
+		label.Role: label.RoleLease, label.LeaseOwner: "a-live-invocation",
+		label.LeaseUntil: strconv.FormatInt(until.Unix(), 10)}
 	if w.cfg.Cluster != "" {
 		l[label.Cluster] = w.cfg.Cluster
 	}

@@ -32,10 +32,10 @@ type State struct {
 	// Snapshots are the managed snapshots; anything else in here is ignored.
 	Snapshots []*hcloud.Image
 	// Servers are the build servers and Keys the lease keys of the image
-	// builder (build.BuildServerSelector, build.LeaseSelector).
+	// builder (label.RoleSelector, label.RoleSelector).
 	Servers []*hcloud.Server
 	Keys    []*hcloud.SSHKey
-	// Records are the failure records (build.FailureSelector).
+	// Records are the failure records (label.RoleSelector).
 	Records []*hcloud.SSHKey
 	// Unserved holds the targets the image factory does not serve (yet),
 	// with why; every other target counts as served.
@@ -447,7 +447,7 @@ func ours(labels map[string]string, cluster string) (build.Target, bool) {
 // mine tells whether a resource carries our management label and the
 // configured cluster's label (none when no cluster is configured).
 func mine(labels map[string]string, cluster string) bool {
-	return labels[label.Managed] == label.ManagedValue && labels[label.Cluster] == cluster
+	return label.IsManaged(labels) && labels[label.Cluster] == cluster
 }
 
 // leased tells whether lease key k (nil: none) is held at now.

@@ -31,7 +31,7 @@ func targetLabels(t *testing.T, tg build.Target, cluster string) map[string]stri
 	t.Helper()
 	l := map[string]string{
 		label.Managed: label.ManagedValue, label.TalosVersion: tg.Version, label.Arch: tg.Arch,
-		label.TalosSchematic: tg.Schematic[:32], label.OwnPrefix + "schematic-rest": tg.Schematic[32:],
+		label.TalosSchematic: tg.Schematic[:32], label.SchematicRest: tg.Schematic[32:],
 	}
 	if cluster != "" {
 		l[label.Cluster] = cluster
@@ -110,7 +110,7 @@ func (w *world) server(spec string, age time.Duration, lease string, cluster ...
 	tg := tgt(spec)
 	c := strings.Join(cluster, "")
 	l := targetLabels(w.t, tg, c)
-	l[label.OwnPrefix+"role"] = "build-server"
+	l[label.Role] = label.RoleBuildServer
 	srv := &hcloud.Server{ID: w.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
 	w.state.Servers = append(w.state.Servers, srv)
 	if lease != "none" {
@@ -124,12 +124,12 @@ func (w *world) key(spec string, age time.Duration, active bool, cluster ...stri
 	tg := tgt(spec)
 	c := strings.Join(cluster, "")
 	l := targetLabels(w.t, tg, c)
-	l[label.OwnPrefix+"role"] = "lease"
+	l[label.Role] = label.RoleLease
 	until := now.Add(-time.Minute)
 	if active {
 		until = now.Add(time.Minute)
 	}
-	l[label.OwnPrefix+"until"] = strconv.FormatInt(until.Unix(), 10)
+	l[label.LeaseUntil] = strconv.FormatInt(until.Unix(), 10)
 	if build.LeaseActive(l, now) != active {
 		w.t.Fatalf("lease labels %v: active %v, want %v", l, !active, active)
 	}
@@ -611,7 +611,7 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 	all := map[group][]*hcloud.Image{}  // ours, available
 	for _, img := range s.Snapshots {
 		t, ok := build.TargetFromLabels(img.Labels)
-		ours := ok && img.Labels[label.Managed] == label.ManagedValue && img.Labels[label.Cluster] == r.Cluster
+		ours := ok && label.IsManaged(img.Labels) && img.Labels[label.Cluster] == r.Cluster
 		if ours && img.Status == hcloud.ImageStatusAvailable {
 			g := group{t.Arch, t.Schematic}
 			all[g] = append(all[g], img)
@@ -623,7 +623,7 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 			continue
 		}
 		switch {
-		case img.Labels[label.Managed] != label.ManagedValue:
+		case !label.IsManaged(img.Labels):
 			fail("pruned unmanaged snapshot %d", img.ID)
 		case img.Labels[label.Cluster] != r.Cluster:
 			fail("pruned snapshot %d of cluster %q", img.ID, img.Labels[label.Cluster])

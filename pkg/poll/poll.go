@@ -172,16 +172,16 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 			p.log.Warn("no release is tracked: nothing is built or pruned", "releases_seen", rep.ReleasesSeen)
 		}
 	}
-	if st.Snapshots, err = p.d.Cloud.Snapshots(ctx, snapshotSelector(p.opts.Cluster)); err != nil {
+	if st.Snapshots, err = p.d.Cloud.Snapshots(ctx, label.SnapshotsOf(p.opts.Cluster)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	if st.Servers, err = p.d.Cloud.Servers(ctx, build.BuildServerSelector()); err != nil {
+	if st.Servers, err = p.d.Cloud.Servers(ctx, label.RoleSelector(label.RoleBuildServer)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, build.LeaseSelector()); err != nil {
+	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, label.RoleSelector(label.RoleLease)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	if st.Records, err = p.d.Cloud.SSHKeys(ctx, build.FailureSelector()); err != nil {
+	if st.Records, err = p.d.Cloud.SSHKeys(ctx, label.RoleSelector(label.RoleFailure)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
 	rules := p.opts.Rules
@@ -322,16 +322,6 @@ func (p *Poller) ask(ctx context.Context, t build.Target) string {
 		p.log.Warn("asking the image factory failed", "target", t.String(), "error", err)
 		return "asking the image factory failed: " + err.Error()
 	}
-}
-
-// snapshotSelector selects the managed snapshots of our cluster (or of no
-// cluster), as the builder labels them.
-func snapshotSelector(cluster string) string {
-	sel := label.Managed + "=" + label.ManagedValue
-	if cluster == "" {
-		return sel + ",!" + label.Cluster
-	}
-	return sel + "," + label.Cluster + "=" + cluster
 }
 
 // ParsePayload reads a Poller payload: any scheduled event, or

@@ -163,7 +163,7 @@ func (w *world) build(reqs []build.Request) {
 func (w *world) snapshots() []string {
 	var out []string
 	for _, img := range w.st.Cloud.Images() {
-		if img.Type == "snapshot" && img.Labels[label.Managed] == label.ManagedValue {
+		if img.Type == "snapshot" && label.IsManaged(img.Labels) {
 			out = append(out, img.Labels[label.TalosVersion]+"/"+img.Labels[label.Arch])
 		}
 	}
@@ -236,7 +236,7 @@ func requests(reqs []build.Request) []string {
 // deployment markers.
 func (w *world) leftovers() (servers []fakehcloud.Server, keys []fakehcloud.SSHKey) {
 	for _, k := range w.st.Cloud.SSHKeys() {
-		if k.Labels[label.OwnPrefix+"role"] != "deployment" {
+		if k.Labels[label.Role] != label.RoleDeployment {
 			keys = append(keys, k)
 		}
 	}
@@ -268,7 +268,7 @@ const oneAtATime = "runs: one at a time per architecture and schematic, oldest v
 func (w *world) mostRecent(arch string) string {
 	var latest *fakehcloud.Image
 	for _, img := range w.st.Cloud.Images() {
-		if img.Type != "snapshot" || img.Labels[label.Managed] != label.ManagedValue || img.Labels[label.Arch] != arch {
+		if img.Type != "snapshot" || !label.IsManaged(img.Labels) || img.Labels[label.Arch] != arch {
 			continue
 		}
 		if latest == nil || cmp.Or(img.Created.Compare(latest.Created), cmp.Compare(img.ID, latest.ID)) > 0 {
@@ -287,7 +287,7 @@ func (w *world) addOld(version, arch string, age time.Duration) {
 	tg := build.Target{Version: version, Arch: arch, Schematic: talos.QemuGuestAgentSchematic}
 	l := map[string]string{label.Managed: label.ManagedValue, label.OS: "talos", label.TalosVersion: version,
 		label.Version: version, label.Arch: arch, label.TalosSchematic: tg.Schematic[:32],
-		label.OwnPrefix + "schematic-rest": tg.Schematic[32:]}
+		label.SchematicRest: tg.Schematic[32:]}
 	if got, ok := build.TargetFromLabels(l); !ok || got != tg {
 		w.t.Fatalf("labels %v read back as %v", l, got)
 	}
@@ -483,7 +483,7 @@ func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 	w.breakBuild(stuck)
 	// A lease key a crashed invocation left behind.
 	ctx := context.Background()
-	if _, err := w.cloud.CreateSSHKey(ctx, "talos-amd64-orphan", newPublicKey(t), selectorLabels(build.LeaseSelector())); err != nil {
+	if _, err := w.cloud.CreateSSHKey(ctx, "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease))); err != nil {
 		t.Fatal(err)
 	}
 	// And one that is not ours.

@@ -53,12 +53,12 @@ func ParseTeardown(payload []byte) (teardown, dryRun bool, err error) {
 }
 
 // tearsDown tells whether a teardown deletes a build server or lease key
-// (as listed by build.BuildServerSelector and build.LeaseSelector) with
+// (as listed by label.RoleSelector and label.RoleSelector) with
 // these labels: it carries the management label and this deployment's
 // CLUSTER_NAME scoping, the cluster label equal to it or, without a
 // cluster name, no cluster label; the rest of its labels do not matter.
 func tearsDown(labels map[string]string, cluster string) bool {
-	return labels[label.Managed] == label.ManagedValue && labels[label.Cluster] == cluster
+	return label.IsManaged(labels) && labels[label.Cluster] == cluster
 }
 
 // Teardown deletes this deployment's build servers and lease keys, the
@@ -125,7 +125,7 @@ func (p *Poller) Teardown(ctx context.Context, dryRun bool) (TeardownReport, err
 			errs = append(errs, err)
 		}
 	}
-	snaps, err := p.d.Cloud.Snapshots(ctx, snapshotSelector(p.opts.Cluster))
+	snaps, err := p.d.Cloud.Snapshots(ctx, label.SnapshotsOf(p.opts.Cluster))
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list snapshots: %w", err))
 	}
@@ -144,11 +144,11 @@ func (p *Poller) Teardown(ctx context.Context, dryRun bool) (TeardownReport, err
 
 // tornDown lists the build servers and lease keys a teardown deletes.
 func (p *Poller) tornDown(ctx context.Context) ([]*hcloud.Server, []*hcloud.SSHKey, error) {
-	servers, err := p.d.Cloud.Servers(ctx, build.BuildServerSelector())
+	servers, err := p.d.Cloud.Servers(ctx, label.RoleSelector(label.RoleBuildServer))
 	if err != nil {
 		return nil, nil, err
 	}
-	keys, err := p.d.Cloud.SSHKeys(ctx, build.LeaseSelector())
+	keys, err := p.d.Cloud.SSHKeys(ctx, label.RoleSelector(label.RoleLease))
 	if err != nil {
 		return nil, nil, err
 	}

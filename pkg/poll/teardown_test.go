@@ -134,7 +134,7 @@ func TestTeardown(t *testing.T) {
 	target := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: qga}
 	labels := func(kv ...string) map[string]string {
 		l := map[string]string{label.Managed: label.ManagedValue, label.TalosVersion: target.Version,
-			label.Arch: target.Arch, label.TalosSchematic: qga[:32], label.OwnPrefix + "schematic-rest": qga[32:]}
+			label.Arch: target.Arch, label.TalosSchematic: qga[:32], label.SchematicRest: qga[32:]}
 		for i := 0; i+1 < len(kv); i += 2 {
 			if kv[i+1] == "" {
 				delete(l, kv[i])
@@ -146,13 +146,13 @@ func TestTeardown(t *testing.T) {
 	}
 	server := func(id int64, name string, l map[string]string) *hcloud.Server {
 		l = maps.Clone(l)
-		l[label.OwnPrefix+"role"] = "build-server"
+		l[label.Role] = label.RoleBuildServer
 		return &hcloud.Server{ID: id, Name: name, Labels: l, Created: now.Add(-time.Hour)}
 	}
 	key := func(id int64, name string, l map[string]string, until time.Time) *hcloud.SSHKey {
 		l = maps.Clone(l)
-		l[label.OwnPrefix+"role"] = "lease"
-		l[label.OwnPrefix+"until"] = strconv.FormatInt(until.Unix(), 10)
+		l[label.Role] = label.RoleLease
+		l[label.LeaseUntil] = strconv.FormatInt(until.Unix(), 10)
 		return &hcloud.SSHKey{ID: id, Name: name, Labels: l, Created: now.Add(-time.Hour)}
 	}
 	world := func() *memCloud {
