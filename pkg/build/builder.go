@@ -1,7 +1,3 @@
-// Package build turns a build request into labelled Talos snapshots on
-// Hetzner Cloud, in short steps whose checkpoint is the build server's own
-// labels: every step checks the cloud's real state before it acts, so any
-// invocation can pick up where another stopped.
 package build
 
 import (

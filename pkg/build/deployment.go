@@ -28,7 +28,7 @@ import (
 // and prune each other's snapshots. So each cluster has a marker in the
 // project, an SSH key (free, labelled, and unique by name, so creating it is
 // an atomic test-and-set: Hetzner Cloud API reference, SSH Keys, "name ...
-// must be unique per Project", else uniqueness_error; FACTS.md) that names
+// must be unique per Project", else uniqueness_error) that names
 // the deployment owning the cluster; the Poller claims it, and a deployment
 // that finds another's refuses to act.
 
@@ -286,14 +286,4 @@ func (r *run) lookup(ctx context.Context) (*hcloud.Server, error) {
 func isForeign(err error) bool {
 	var f *ForeignError
 	return errors.As(err, &f)
-}
-
-// refuse fails a build that must not act in this project (another
-// deployment claims the cluster, a resource of its name is not ours). It
-// changes nothing, not even a failure record: the target did not fail, and
-// the record would be written where this deployment may not write.
-func (r *run) refuse(ctx context.Context, step Step, code string, err error) Result {
-	r.log.ErrorContext(ctx, "build refused", "step", step, "error", err, "code", code)
-	r.res.State, r.res.Step, r.res.Error, r.res.Code = Failed, step, err.Error(), code
-	return r.res
 }

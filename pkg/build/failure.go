@@ -392,16 +392,16 @@ func SnapshotServer(labels map[string]string) (int64, bool) {
 // and is not a retry of the request that failed last: a forced request
 // ignores and clears the record. The Poller plans no held target, so a
 // forced request meeting one comes from a person.
-func (r *run) heldBack(ctx context.Context) (Result, bool) {
+func (r *run) heldBack(ctx context.Context) error {
 	b := r.b
 	k, err := b.cloud.SSHKeyByName(ctx, failureName(r.t, b.opts.Cluster))
 	if err != nil || k == nil {
-		return r.res, false // unreadable: the Poller's reading of it is what bounds the cost
+		return nil // unreadable: the Poller's reading of it is what bounds the cost
 	}
 	rec, ok := ParseFailureRecord(k)
 	pol := b.opts.Failures
 	if !ok || !pol.Holds(rec, b.now()) {
-		return r.res, false
+		return nil
 	}
 	why := pol.Why(rec)
 	if r.force && rec.Request != r.origin {
@@ -409,16 +409,25 @@ func (r *run) heldBack(ctx context.Context) (Result, bool) {
 		if err := b.cloud.DeleteSSHKey(ctx, k); err != nil {
 			r.log.WarnContext(ctx, "delete failure record", "error", err)
 		}
-		return r.res, false
+		return nil
 	}
 	code := "backed-off"
 	if pol.Parked(rec) {
 		code = "parked"
 	}
 	r.log.WarnContext(ctx, "not building a target that keeps failing", "record", why)
-	r.res.State, r.res.Step, r.res.Code = Failed, StepCheck, code
-	r.res.Error = fmt.Sprintf("not built: %s; send force:true to try now", why)
-	return r.res, true
+	return &heldBackError{code: code, why: why}
+}
+
+// heldBackError is a target a failure record holds back: the build fails
+// at its check, creating nothing, and is not counted as a failure.
+type heldBackError struct {
+	code string // backed-off or parked
+	why  string
+}
+
+func (e *heldBackError) Error() string {
+	return fmt.Sprintf("not built: %s; send force:true to try now", e.why)
 }
 
 // remember records a deterministic failure of the build. A failure at the

@@ -125,7 +125,7 @@ func (r *run) awaitLease(ctx context.Context, held *leaseHeldError, next Step) (
 	seen := held.until
 	poll := max(b.opts.LeaseTTL/6, 100*time.Millisecond)
 	for {
-		if deadline, ok := ctx.Deadline(); ok && seen.Add(time.Second).After(deadline.Add(-r.need(next))) {
+		if deadline, ok := ctx.Deadline(); ok && seen.Add(time.Second).After(deadline.Add(-budgetOf(next).of(b.opts))) {
 			return nil, ctx, fmt.Errorf("%v; it may have died, and its lease expires too late for this invocation to wait: try again later", held)
 		}
 		r.log.InfoContext(ctx, "waiting for the lease another invocation holds", "owner", held.owner, "until", seen)

@@ -2,7 +2,6 @@ package build
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // Request asks for snapshots of one Talos version. Arch and Schematic are
@@ -171,49 +169,6 @@ func (e *RetryError) Error() string {
 		}
 	}
 	return "build to be retried: " + strings.Join(msgs, "; ")
-}
-
-// Handle builds every target of the request side by side, each as far as
-// this invocation can, and starts the next build of its queue when its
-// target is done. It returns *RetryError (with the response) when any
-// target is to be retried, else *FailedError when any failed.
-func (b *Builder) Handle(ctx context.Context, r Request) (Response, error) {
-	ctx = withInvocationStart(ctx, b.now())
-	if err := b.verify(r); err != nil {
-		return Response{}, err
-	}
-	if err := b.resolveSchematics(ctx, r); err != nil {
-		return Response{}, err
-	}
-	resp, err := b.each(ctx, r, b.Build)
-	if err != nil {
-		return resp, err
-	}
-	return b.handOn(ctx, r, resp)
-}
-
-// each runs build for every target of the request concurrently.
-func (b *Builder) each(ctx context.Context, r Request, build func(context.Context, Target, Request) Result) (Response, error) {
-	targets, err := b.Targets(r)
-	if err != nil {
-		return Response{}, err
-	}
-	results := make([]Result, len(targets))
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		wg.Go(func() { results[i] = build(ctx, t, r) })
-	}
-	wg.Wait()
-	resp := Response{Results: results}
-	// A retry runs the whole request again; its failed targets are then
-	// held back by their failure records.
-	switch {
-	case slices.ContainsFunc(results, func(res Result) bool { return res.retry }):
-		return resp, &RetryError{Results: results}
-	case slices.ContainsFunc(results, func(res Result) bool { return res.State == Failed }):
-		return resp, &FailedError{Results: results}
-	}
-	return resp, nil
 }
 
 func randomID() string {

@@ -11,7 +11,7 @@ import (
 
 // A snapshot's disk is its build server's disk, and a snapshot only creates
 // servers whose disk is at least as big ("image disk is bigger than server
-// type disk"; FACTS.md). A snapshot built on an 80 GB type cannot create
+// type disk"; infra/README.md, Hetzner). A snapshot built on an 80 GB type cannot create
 // the 40 GB nodes most clusters use, so a build server's disk must be the
 // smallest any server of the architecture has.
 

@@ -2,12 +2,9 @@ package build
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -114,64 +111,4 @@ func (b *Builder) resolveSchematics(ctx context.Context, r Request) error {
 	}
 	return fmt.Errorf("build to be retried: the request may name the schematic of SCHEMATIC_CUSTOMIZATION, "+
 		"which the image factory has not resolved: %w", err)
-}
-
-// HandlePayload is the Lambda handler: it decodes the payload strictly and
-// handles the request.
-func (b *Builder) HandlePayload(ctx context.Context, payload json.RawMessage) (Response, error) {
-	r, err := ParseRequest(payload)
-	if err != nil {
-		return Response{}, err
-	}
-	resp, err := b.Handle(ctx, r)
-	// A build that failed deterministically would fail the same way when
-	// Lambda retried it, which it does only for a function error: the
-	// response says it failed, and its failure is recorded (failure.go).
-	var failed *FailedError
-	if errors.As(err, &failed) {
-		return resp, nil
-	}
-	return resp, err
-}
-
-// RunUntilDone handles the request in this process and follows its
-// continuations until no target is in progress: the builder without AWS.
-func (b *Builder) RunUntilDone(ctx context.Context, r Request) (Response, error) {
-	if err := b.verify(r); err != nil {
-		return Response{}, err
-	}
-	if err := b.resolveSchematics(ctx, r); err != nil {
-		return Response{}, err
-	}
-	var all Response
-	for {
-		resp, err := b.each(ctx, r, b.buildUntilDone)
-		all.Results = append(all.Results, resp.Results...)
-		if err == nil && ctx.Err() != nil {
-			return all, ctx.Err()
-		}
-		// The queue goes on from a build that is done, as in Handle.
-		if err != nil || len(r.Queue) == 0 || len(resp.Results) != 1 || resp.Results[0].State != Done {
-			return all, err
-		}
-		r = r.next()
-	}
-}
-
-func (b *Builder) buildUntilDone(ctx context.Context, t Target, req Request) Result {
-	for {
-		res := b.Build(withInvocationStart(ctx, b.now()), t, req)
-		if res.State != InProgress {
-			return res
-		}
-		if res.next != nil {
-			req.Continuation = res.next
-		}
-		// Another holder of the lease, or a snapshot still being created.
-		select {
-		case <-ctx.Done():
-			return res
-		case <-time.After(b.pollWait):
-		}
-	}
 }

@@ -70,7 +70,7 @@ func installScript(img talos.Image, attempts int, delay time.Duration) (string, 
 //
 // It empties the disk first so that only the image's non-zero blocks need
 // writing: a Talos image is mostly zeros, and on a used disk writing every
-// zero costs 10x (FACTS.md measures the candidates). blkdiscard succeeding
+// zero costs 10x (make bench measures the candidates). blkdiscard succeeding
 // does not promise zeros (Linux, Documentation/ABI/stable/sysfs-block:
 // discard_zeroes_data "will always return 0. Don't rely on any specific
 // behavior for discards"), so sample blocks are read back; if the discard
@@ -84,7 +84,7 @@ func installScript(img talos.Image, attempts int, delay time.Duration) (string, 
 // and the decoder would write that to the disk. Instead the whole write is
 // retried, from a freshly emptied disk. Stalls fail instead of hanging: curl
 // gives up below 1 byte/s for 60 s, wget after 60 s without data. The real
-// references all use wget (FACTS.md); the rescue system's tools are not
+// references all use wget (infra/README.md, rescue system); the rescue system's tools are not
 // documented, so curl is preferred where it exists and wget is the fallback.
 //
 // zstd decodes 4-6x faster than xz and writes sparsely by seeking over

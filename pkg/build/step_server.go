@@ -1,0 +1,94 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
+)
+
+// createServer creates the build server, off, on a type with the
+// architecture's smallest disk: in the first location that has one, trying
+// the configured types of that disk in order, never a bigger disk.
+func (r *run) createServer(ctx context.Context, log *slog.Logger) (Step, error) {
+	b := r.b
+	// Read for every server: what is sold changes, and in a warm Lambda a
+	// Builder outlives its invocations.
+	catalog, err := b.cloud.ServerTypes(ctx)
+	if err != nil {
+		return "", err
+	}
+	plan, err := planServers(catalog, r.t.Arch, b.opts.ServerTypes[r.t.Arch])
+	for _, s := range plan.skipped {
+		log.WarnContext(ctx, "configured server type not used", "server_type", s.name, "reason", s.reason)
+	}
+	if err != nil {
+		return "", deterministic("server-type", err)
+	}
+	labels := r.t.targetLabels(b.opts.Cluster)
+	labels[label.Role] = label.RoleBuildServer
+	labels[label.Step] = string(StepInstall)
+	if r.force {
+		labels[label.Force] = "true"
+	}
+	if len(r.replaces) > 0 {
+		labels[label.Replaces] = formatIDs(r.replaces)
+	}
+	now := b.now()
+	tried := false
+	for _, st := range plan.types {
+		for _, loc := range b.opts.Locations {
+			if !sold(st, loc, now) {
+				log.InfoContext(ctx, "server type not sold in location", "server_type", st.Name, "location", loc)
+				continue
+			}
+			tried = true
+			srv, err := b.cloud.CreateServer(ctx, cloud.CreateServerOpts{
+				Name: r.name(), ServerType: st.Name, Location: loc, Image: b.opts.ServerImage, Labels: labels,
+				// With a key Hetzner mails no root password.
+				SSHKeys: []*hcloud.SSHKey{r.lease.hkey},
+			})
+			switch {
+			case err == nil:
+				log.InfoContext(ctx, "server created", "server_type", st.Name, "location", loc, "disk_gb", st.Disk, "server_id", srv.ID)
+				r.setServer(srv)
+				return StepInstall, nil
+			case cloud.IsConflict(err):
+				// A retried create whose first try went through: adopt it,
+				// if it is ours.
+				srv, err = r.lookup(ctx)
+				if err != nil {
+					return "", fmt.Errorf("adopt server %s: %w", r.name(), err)
+				}
+				if srv == nil {
+					// The server that took the name is gone by now: nothing
+					// to adopt, and a retry creates it afresh.
+					return "", transient("server-gone", fmt.Errorf("adopt server %s: its name was taken, but the server is gone", r.name()))
+				}
+				log.InfoContext(ctx, "server exists, adopting it", "server_id", srv.ID)
+				r.setServer(srv)
+				return stepOf(srv), nil
+			case cloud.IsLimitExceeded(err):
+				// Another location or type would meet the same quota.
+				return "", deterministic("server-limit", fmt.Errorf("the project's server limit is reached (Hetzner's quota per account, "+
+					"small for new ones): delete servers or have the limit raised in the Cloud Console under Limits: %w", err))
+			case cloud.IsNoCapacity(err):
+				log.WarnContext(ctx, "no capacity, trying the next option", "server_type", st.Name, "location", loc, "error", err)
+			default:
+				return "", err
+			}
+		}
+	}
+	types, locs := strings.Join(typeNames(plan.types), ", "), strings.Join(b.opts.Locations, ", ")
+	if !tried {
+		return "", deterministic("not-sold", fmt.Errorf("none of %s (%d GB disk) is sold in %s; add a location that sells one",
+			types, plan.disk, locs))
+	}
+	return "", deterministic("no-capacity", fmt.Errorf("no capacity for %s (%d GB disk) in %s; a bigger disk would make a "+
+		"snapshot that cannot create %d GB servers", types, plan.disk, locs, plan.disk))
+}
