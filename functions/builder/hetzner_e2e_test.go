@@ -27,6 +27,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -61,7 +62,7 @@ func TestHetznerEndToEnd(t *testing.T) {
 	t.Cleanup(func() { teardown(t, check, selector) })
 
 	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
-	schematics, err := build.NewSchematicSet(cfg, factory).Resolve(ctx)
+	schematics, err := function.SchematicSet(cfg, factory).Resolve(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +77,7 @@ func TestHetznerEndToEnd(t *testing.T) {
 		Cloud:   cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: endpoint, Version: "e2e"}),
 		Factory: factory,
 		Logger:  slog.New(written),
-	}, build.OptionsFrom(cfg, schematics))
+	}, function.BuildOptions(cfg, schematics))
 	resp, err := b.RunUntilDone(ctx, build.Request{Version: version, Arch: arch})
 	if err != nil {
 		t.Fatalf("build: %v", err)

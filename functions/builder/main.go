@@ -39,7 +39,7 @@ func run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	deps := build.Deps{Cloud: s.Cloud, Factory: s.Factory, Schematics: s.Schematics, Logger: logger}
-	opts := build.OptionsFrom(s.Config, s.Schematics.Configured())
+	opts := function.BuildOptions(s.Config, s.Schematics.Configured())
 	if !function.InLambda() {
 		req, err := requestFromArgs(os.Args[1:], os.Stdin)
 		if err != nil {

@@ -54,7 +54,7 @@ func run(ctx context.Context, logger *slog.Logger) error {
 		return err
 	}
 	cfg := s.Config
-	opts, err := poll.OptionsFrom(cfg, s.Schematics.Configured())
+	opts, err := function.PollOptions(cfg, s.Schematics.Configured())
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,6 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -161,27 +160,24 @@ type FailurePolicy struct {
 	Config string
 }
 
-// FailurePolicyFrom maps the configuration to the failure policy.
-func FailurePolicyFrom(c config.Config) FailurePolicy {
-	return FailurePolicy{Backoff: c.FailureBackoff, Limit: c.FailureLimit, Config: ConfigDigest(c)}
-}
-
 // ConfigDigest is a short digest of the settings a build depends on: a
 // change of one of them may cure a failure, so it unparks its target.
-// Version and schematic are part of the target itself.
-func ConfigDigest(c config.Config) string {
+// They are the builder's options (the schematics and versions are part of
+// the target itself) and the image factory's URL, which is the factory
+// client's, not an option.
+func ConfigDigest(o Options, factoryURL string) string {
 	h := sha256.New()
 	for _, f := range []string{
-		c.FactoryURL, strings.Join(c.ServerTypesAMD64, ","), strings.Join(c.ServerTypesARM64, ","),
-		strings.Join(c.Locations, ","), c.ServerImage, c.Cluster,
-		c.StepTimeout.String(), c.InstallTimeout.String(), c.SnapshotWait.String(), c.SnapshotTimeout.String(),
-		c.LeaseTTL.String(),
+		factoryURL, strings.Join(o.ServerTypes["amd64"], ","), strings.Join(o.ServerTypes["arm64"], ","),
+		strings.Join(o.Locations, ","), o.ServerImage, o.Cluster,
+		o.StepTimeout.String(), o.InstallTimeout.String(), o.SnapshotWait.String(), o.SnapshotTimeout.String(),
+		o.LeaseTTL.String(),
 	} {
 		h.Write([]byte(f))
 		h.Write([]byte{0})
 	}
-	for _, k := range slices.Sorted(maps.Keys(c.SnapshotLabels)) {
-		h.Write([]byte(k + "=" + c.SnapshotLabels[k]))
+	for _, k := range slices.Sorted(maps.Keys(o.Labels)) {
+		h.Write([]byte(k + "=" + o.Labels[k]))
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:5])

@@ -6,29 +6,8 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
-
-// OptionsFrom maps the configuration to builder options; schematics are
-// the resolved schematic IDs.
-func OptionsFrom(c config.Config, schematics []string) Options {
-	return Options{
-		Architectures: c.Architectures,
-		Schematics:    schematics,
-		MinVersion:    c.MinVersion,
-		Prereleases:   c.Prereleases,
-		ServerTypes:   map[string][]string{"amd64": c.ServerTypesAMD64, "arm64": c.ServerTypesARM64},
-		Locations:     c.Locations,
-		ServerImage:   c.ServerImage,
-		Cluster:       c.Cluster,
-		Labels:        c.SnapshotLabels,
-		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,
-		SnapshotWait: c.SnapshotWait, SnapshotTimeout: c.SnapshotTimeout, LeaseTTL: c.LeaseTTL,
-		Failures:   FailurePolicyFrom(c),
-		SigningKey: SigningKey(c.HCloudToken),
-	}
-}
 
 // SchematicSet is the deployment's schematics: the configured IDs, and the
 // ID the factory gives SCHEMATIC_CUSTOMIZATION. The customization is
@@ -46,10 +25,11 @@ type SchematicSet struct {
 	resolved []string // nil until the customization's ID is known
 }
 
-// NewSchematicSet returns the configuration's schematics, to be resolved
+// NewSchematicSet returns the configured schematic IDs and the
+// customization (SCHEMATIC_CUSTOMIZATION, may be empty), to be resolved
 // with f.
-func NewSchematicSet(c config.Config, f *talos.Factory) *SchematicSet {
-	s := &SchematicSet{configured: c.Schematics(), yaml: c.SchematicYAML, factory: f}
+func NewSchematicSet(configured []string, customization string, f *talos.Factory) *SchematicSet {
+	s := &SchematicSet{configured: configured, yaml: customization, factory: f}
 	if s.yaml == "" {
 		s.resolved = s.configured
 	}

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 )
 
 // retryTransport retries what hcloud-go does not: 503 `unavailable` and 423
@@ -25,7 +27,7 @@ type retryTransport struct {
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	backoff := t.base
+	wait := backoff.Exponential{Initial: t.base, Factor: 2, Max: 16 * t.base}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && req.GetBody != nil {
 			body, err := req.GetBody()
@@ -39,12 +41,9 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, err
 		}
 		resp.Body.Close()
-		select {
-		case <-req.Context().Done():
-			return nil, req.Context().Err()
-		case <-time.After(backoff):
+		if err := wait.Wait(req.Context()); err != nil {
+			return nil, err
 		}
-		backoff = min(2*backoff, 16*t.base)
 	}
 }
 

@@ -208,7 +208,9 @@ func (c Config) Validate() error {
 	// What plain http to each endpoint would do. The factory gets no
 	// token, but the images it serves become the snapshots clusters boot,
 	// and TLS is their only integrity check on the way: the factory signs
-	// images for Enterprise customers only (FACTS.md, "Talos").
+	// and checksums images for Enterprise customers only (siderolabs/
+	// image-factory: its checksum endpoints answer 402 without Enterprise;
+	// infra/README.md has the row and the stand-in).
 	githubRisk := ""
 	if c.GitHubToken != "" {
 		githubRisk = "send GITHUB_TOKEN in clear text"

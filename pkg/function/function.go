@@ -1,7 +1,7 @@
 // Package function is what the Builder and the Poller share around their
 // handlers: logging (Lambda's JSON logger in Lambda, JSON on stderr
 // outside), signals, and the configuration with its tokens read from their
-// secrets.
+// secrets, mapped to the options of pkg/build and pkg/poll.
 package function
 
 import (
@@ -68,7 +68,7 @@ func Load(ctx context.Context, version string) (Setup, error) {
 	}
 	factory := &talos.Factory{BaseURL: cfg.FactoryURL}
 	return Setup{
-		Config: cfg, Factory: factory, Schematics: build.NewSchematicSet(cfg, factory),
+		Config: cfg, Factory: factory, Schematics: SchematicSet(cfg, factory),
 		Cloud: cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint, Version: version}),
 	}, nil
 }

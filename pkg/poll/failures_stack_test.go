@@ -13,6 +13,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -41,7 +42,7 @@ func (c *clock) advance(d time.Duration) {
 // snapshots, which the local cloud stamps with the real time, would look
 // hours old to it: they never time out.
 func (w *world) builderOn(c *clock, change func(*build.Options)) *build.Builder {
-	o := build.OptionsFrom(w.cfg, w.cfg.Schematics())
+	o := function.BuildOptions(w.cfg, w.cfg.Schematics())
 	o.SnapshotTimeout = 1000 * time.Hour
 	if change != nil {
 		change(&o)

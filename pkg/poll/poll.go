@@ -22,7 +22,6 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/release"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -61,20 +60,6 @@ type Options struct {
 // function outside a VPC has no IP address of its own.
 const AnonymousGitHubWarning = "GitHub is read without a token: 60 requests/hour per originating IP, " +
 	"shared with other AWS customers on Lambda's egress IPs; set GITHUB_TOKEN_SECRET"
-
-// OptionsFrom maps the configuration to poller options; schematics are the
-// schematic IDs known without the factory (build.SchematicSet.Configured).
-func OptionsFrom(c config.Config, schematics []string) (Options, error) {
-	p, err := release.NewPolicy(c.TrackMinors, c.TrackAllPatches, c.Prereleases, c.MinVersion)
-	if err != nil {
-		return Options{}, fmt.Errorf("MIN_VERSION: %w", err)
-	}
-	return Options{Policy: p, AnonymousGitHub: c.GitHubToken == "", Rules: Rules{
-		Architectures: c.Architectures, Schematics: schematics, Cluster: c.Cluster,
-		MaxBuilds: c.MaxBuildsPerPoll, ServerTTL: c.BuildServerTTL, KeepOthers: c.KeepOthers,
-		FailureRules: FailureRules{Failures: build.FailurePolicyFrom(c), SnapshotTimeout: c.SnapshotTimeout},
-	}}, nil
-}
 
 // Deps are the Poller's collaborators.
 type Deps struct {

@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sethvargo/go-envconfig"
-
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
-	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -94,43 +91,5 @@ func TestUnservedAsksInParallel(t *testing.T) {
 	cancel()
 	if _, err := p.unserved(ctx, w.state, p.opts.Rules); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: err = %v", err)
-	}
-}
-
-// secrets is a config.SecretReader holding one secret per name.
-type secrets map[string]string
-
-func (s secrets) Read(_ context.Context, ref string) (string, error) {
-	v, ok := s[ref]
-	if !ok {
-		return "", fmt.Errorf("no secret %q", ref)
-	}
-	return v, nil
-}
-
-func TestOptionsFromGitHubToken(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		env       map[string]string
-		anonymous bool
-	}{
-		{"no token", map[string]string{}, true},
-		{"token", map[string]string{"GITHUB_TOKEN": "ghp_x"}, false},
-		{"token from a secret", map[string]string{"GITHUB_TOKEN_SECRET": "github-token"}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.env["HCLOUD_TOKEN"] = "h"
-			cfg, err := config.LoadFrom(context.Background(), envconfig.MapLookuper(tc.env), secrets{"github-token": "ghp_y"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			opts, err := OptionsFrom(cfg, cfg.Schematics())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if opts.AnonymousGitHub != tc.anonymous {
-				t.Errorf("AnonymousGitHub = %v, want %v", opts.AnonymousGitHub, tc.anonymous)
-			}
-		})
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/release"
@@ -101,11 +102,11 @@ func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *wo
 		cloud: cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint,
 			PollInterval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond}),
 	}
-	w.schematics = build.NewSchematicSet(cfg, w.factory)
+	w.schematics = function.SchematicSet(cfg, w.factory)
 	if w.releases, err = release.New(release.Options{BaseURL: cfg.GitHubAPIURL, Token: cfg.GitHubToken, Logger: w.log}); err != nil {
 		t.Fatal(err)
 	}
-	opts := build.OptionsFrom(cfg, w.schematics.Configured())
+	opts := function.BuildOptions(cfg, w.schematics.Configured())
 	opts.Deployment = id
 	w.builder = build.New(build.Deps{Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics, Logger: w.log}, opts)
 	return w
@@ -114,7 +115,7 @@ func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *wo
 // poller returns the deployment's Poller.
 func (w *world) poller() *poll.Poller {
 	w.t.Helper()
-	opts, err := poll.OptionsFrom(w.cfg, w.schematics.Configured())
+	opts, err := function.PollOptions(w.cfg, w.schematics.Configured())
 	if err != nil {
 		w.t.Fatal(err)
 	}

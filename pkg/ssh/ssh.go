@@ -37,6 +37,8 @@ import (
 	"time"
 
 	xssh "golang.org/x/crypto/ssh"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 )
 
 // Key is a throw-away ed25519 key pair. The private half lives only in
@@ -88,7 +90,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 	if maxBackoff <= 0 {
 		maxBackoff = 2 * time.Second
 	}
-	backoff := 100 * time.Millisecond
+	wait := backoff.Exponential{Initial: 100 * time.Millisecond, Factor: 1.5, Max: maxBackoff}
 	var last error // of an attempt that ctx did not cut short
 	for attempt := 1; ; attempt++ {
 		c, err := d.dialOnce(ctx)
@@ -99,12 +101,9 @@ func (d *Dialer) Dial(ctx context.Context) (*Client, error) {
 			last = err
 		}
 		d.logger().DebugContext(ctx, "ssh not ready", "addr", d.Addr, "attempt", attempt, "error", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("ssh %s after %d attempts: %w (last error: %v)", d.Addr, attempt, ctx.Err(), last)
-		case <-time.After(backoff):
+		if err := wait.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("ssh %s after %d attempts: %w (last error: %v)", d.Addr, attempt, err, last)
 		}
-		backoff = min(backoff*3/2, maxBackoff)
 	}
 }
 
