@@ -6,7 +6,8 @@ import (
 	"errors"
 	"slices"
 	"sync"
-	"time"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 )
 
 // The entry points: HandlePayload is the Lambda handler, Handle one
@@ -84,10 +85,8 @@ func (b *Builder) buildUntilDone(ctx context.Context, t Target, req Request) Res
 			req.Continuation = res.next
 		}
 		// Another holder of the lease, or a snapshot still being created.
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, b.pollWait) != nil {
 			return res
-		case <-time.After(b.pollWait):
 		}
 	}
 }

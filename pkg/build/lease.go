@@ -12,6 +12,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
@@ -129,10 +130,8 @@ func (r *run) awaitLease(ctx context.Context, held *leaseHeldError, next Step) (
 			return nil, ctx, fmt.Errorf("%v; it may have died, and its lease expires too late for this invocation to wait: try again later", held)
 		}
 		r.log.InfoContext(ctx, "waiting for the lease another invocation holds", "owner", held.owner, "until", seen)
-		select {
-		case <-ctx.Done():
-			return nil, ctx, ctx.Err()
-		case <-time.After(min(poll, max(time.Until(seen.Add(time.Second)), 0))):
+		if err := backoff.Sleep(ctx, min(poll, max(time.Until(seen.Add(time.Second)), 0))); err != nil {
+			return nil, ctx, err
 		}
 		cur, err := b.cloud.SSHKeyByName(ctx, r.name())
 		if err != nil {

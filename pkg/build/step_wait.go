@@ -11,6 +11,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 )
 
@@ -33,7 +34,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 	}
 	// Quick first looks for a quick snapshot, then slower ones: a real one
 	// takes minutes, and every look is an API request.
-	pause := b.pollWait
+	pauses := backoff.Exponential{Initial: b.pollWait, Factor: 1.5, Max: 10 * time.Second}
 	for {
 		snaps, err := r.snapshotsOfServer(ctx)
 		if err != nil {
@@ -49,18 +50,16 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 		if creating == nil {
 			return StepCleanup, nil
 		}
+		pause := pauses.Next()
 		if b.now().Add(pause).After(until) {
 			log.InfoContext(ctx, "snapshot still being created", "snapshot_id", creating.ID)
 			// Watching counts as progress: SNAPSHOT_TIMEOUT bounds it.
 			r.progressed = true
 			return "", errContinue
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(pause):
+		if err := backoff.Sleep(ctx, pause); err != nil {
+			return "", err
 		}
-		pause = min(pause*3/2, 10*time.Second)
 	}
 }
 

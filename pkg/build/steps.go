@@ -12,6 +12,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -261,12 +262,7 @@ func (r *run) pause(ctx context.Context, d time.Duration) bool {
 	if deadline, ok := ctx.Deadline(); ok && deadline.Sub(r.b.now()) < d+r.b.opts.StepTimeout {
 		return false
 	}
-	select {
-	case <-ctx.Done():
-		return false
-	case <-time.After(d):
-		return true
-	}
+	return backoff.Sleep(ctx, d) == nil
 }
 
 // stepOf reads the checkpoint: the step the server's labels say is next.
