@@ -78,16 +78,6 @@ func (c *Cloud) server(r *http.Request) (*server, error) {
 	return s, nil
 }
 
-func (c *Cloud) getServer(r *http.Request) (int, any, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, err := c.server(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	return http.StatusOK, schema.ServerGetResponse{Server: c.serverSchema(s)}, nil
-}
-
 // createServerRequest is schema.ServerCreateRequest, but accepting SSH keys by
 // name as the API does, and the deprecated datacenter.
 type createServerRequest struct {
