@@ -11,10 +11,10 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
 )
 
-// The catalog: what Hetzner sells in 2026, as far as the builder cares
-// (../shared/reference/FACTS.md, "Server types (2026)"). Names, disks,
-// architectures and where each type is sold follow FACTS.md; IDs, prices and
-// dates are plausible, not authoritative. cx22 is gone (removed January 2026:
+// The catalog: what Hetzner sells in 2026, as far as the builder cares.
+// Names, disks, architectures and where each type is sold follow the API's
+// GET /server_types (infra/README.md, the row on server types and where each
+// is sold); IDs, prices and dates are plausible, not authoritative. cx22 is gone (removed January 2026:
 // not listed, creating one is invalid_input); cpx11 is still sold in the US
 // but no longer in the EU; CX and CAX are sold in the EU only.
 
