@@ -36,9 +36,11 @@ func makeEnv(goos, goarch string) []string {
 // caller's environment (aws-lambda-builders' custom_make workflow), so a
 // GOARCH or GOOS exported in the caller's shell must not change the
 // bootstrap: it is a linux/arm64 ELF, as template.yaml's Architectures
-// says. GOARCH on the make command line still chooses (the contract in
-// DESIGN.md). One real build; the command line case is checked on the
-// commands make would run, which is where the two cases differ.
+// says. GOARCH on the make command line still chooses (README.md, Deploy:
+// `make build-Builder GOARCH=amd64`; the infra/README.md row on `sam
+// build`'s makefile method). One real build; the command line case is
+// checked on the commands make would run, which is where the two cases
+// differ.
 func TestMakeBuildPlatform(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Fatal("GNU make is not installed (Debian make)")

@@ -1,6 +1,6 @@
-// Package fakefactory emulates the Talos Image Factory (factory.talos.dev) for
-// tests and local runs: hcloud disk images per (schematic, version, arch),
-// the version list and schematic registration.
+// Package fakefactory is a stand-in for the Talos Image Factory
+// (factory.talos.dev) for tests and local runs: hcloud disk images per
+// (schematic, version, arch) and schematic registration.
 //
 // Images are synthetic but faithful where a builder can tell: raw GPT disks
 // with the partitions, attributes and raw size of the real Talos hcloud image
@@ -13,10 +13,12 @@
 // release that still 404s (SetAvailable), truncated downloads (SetTruncate)
 // and broken images (SetOmitPartition).
 //
-// Not emulated: other image kinds and platforms (ISO, installer, PXE, kernel,
-// initramfs), the extension and overlay listings, SecureBoot, the OCI
-// registry frontend, authentication, the factory's build concurrency limit,
-// and file systems inside the partitions.
+// It serves only what pkg/talos and the rescue system's download ask for
+// (HEAD and GET of an hcloud image, the CDN path GET is redirected to, POST
+// /schematics): no version, extension or overlay listings, no other image
+// kinds or platforms (ISO, installer, PXE, kernel, initramfs), SecureBoot,
+// OCI registry frontend, authentication or build concurrency limit, and no
+// file systems inside the partitions.
 package fakefactory
 
 import (
@@ -185,7 +187,6 @@ func New(opts Options) *Factory {
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 
 	f.mux = http.NewServeMux()
-	f.mux.HandleFunc("GET /versions", f.handleVersions)
 	f.mux.HandleFunc("POST /schematics", f.handleSchematics)
 	f.mux.HandleFunc("GET /image/{schematic}/{version}/{file}", func(w http.ResponseWriter, r *http.Request) {
 		f.serveImage(w, r, f.opts.Redirect && r.Method == http.MethodGet)
@@ -247,8 +248,7 @@ func listenLoopback(addr string) (net.Listener, error) {
 }
 
 // SetAvailable makes a version answer (true) or 404 (false) on image
-// requests and show up in /versions or not, like a release the factory has
-// not picked up yet. Making an unknown version available adds it.
+// requests, like a release the factory has not picked up yet. Making an unknown version available adds it.
 func (f *Factory) SetAvailable(version string, available bool) error {
 	v, err := normalizeVersion(version)
 	if err != nil {
@@ -318,19 +318,6 @@ func (f *Factory) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 	}()
 	f.mux.ServeHTTP(rec, r)
-}
-
-func (f *Factory) handleVersions(w http.ResponseWriter, _ *http.Request) {
-	f.mu.Lock()
-	vs := make([]string, 0, len(f.versions))
-	for v, ok := range f.versions {
-		if ok {
-			vs = append(vs, v)
-		}
-	}
-	f.mu.Unlock()
-	slices.SortFunc(vs, compareVersions)
-	writeJSON(w, http.StatusOK, vs)
 }
 
 func (f *Factory) handleSchematics(w http.ResponseWriter, r *http.Request) {

@@ -48,8 +48,9 @@ func sfdisk(t *testing.T, path string) (sfdiskTable, string) {
 }
 
 // TestLayoutOf checks the layouts at real sizes against the Talos sources
-// (see talosLayout) and FACTS.md's table: names, types, sizes in MiB and the
-// raw image size, which pkg/imager/profile/testdata/hcloud-*.yaml records.
+// (see talosLayout and the infra/README.md rows on image layouts and raw
+// sizes): names, types, sizes in MiB and the raw image size, which
+// siderolabs/talos pkg/imager/profile/testdata/hcloud-*.yaml records.
 func TestLayoutOf(t *testing.T) {
 	const (
 		efi  = fakefactory.TypeEFISystem

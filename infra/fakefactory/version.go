@@ -1,10 +1,8 @@
 package fakefactory
 
 import (
-	"cmp"
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 )
 
@@ -22,51 +20,6 @@ func normalizeVersion(v string) (string, error) {
 		return "", fmt.Errorf("error parsing version: %q is not a semantic version", v)
 	}
 	return "v" + bare, nil
-}
-
-// compareVersions orders two normalized versions by semver precedence.
-func compareVersions(a, b string) int {
-	ma, mb := semverRE.FindStringSubmatch(a[1:]), semverRE.FindStringSubmatch(b[1:])
-	for i := 1; i <= 3; i++ {
-		x, _ := strconv.ParseUint(ma[i], 10, 64)
-		y, _ := strconv.ParseUint(mb[i], 10, 64)
-		if c := cmp.Compare(x, y); c != 0 {
-			return c
-		}
-	}
-	return comparePrerelease(ma[4], mb[4])
-}
-
-// comparePrerelease compares prerelease suffixes; no suffix ranks highest.
-func comparePrerelease(a, b string) int {
-	switch {
-	case a == b:
-		return 0
-	case a == "":
-		return 1
-	case b == "":
-		return -1
-	}
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(as) && i < len(bs); i++ {
-		x, errX := strconv.ParseUint(as[i], 10, 64)
-		y, errY := strconv.ParseUint(bs[i], 10, 64)
-		var c int
-		switch {
-		case errX == nil && errY == nil:
-			c = cmp.Compare(x, y)
-		case errX == nil: // numeric identifiers rank below alphanumeric ones
-			c = -1
-		case errY == nil:
-			c = 1
-		default:
-			c = strings.Compare(as[i], bs[i])
-		}
-		if c != 0 {
-			return c
-		}
-	}
-	return cmp.Compare(len(as), len(bs))
 }
 
 // DefaultVersions returns the versions a factory accepts when Options.Versions

@@ -1,6 +1,6 @@
-// Package fakegithub emulates the part of the GitHub REST API that go-github's
-// release calls use, for one repository (siderolabs/talos by default): list
-// releases with pagination, latest, by tag, by id, and /rate_limit.
+// Package fakegithub is a stand-in for the GitHub REST API for tests and
+// local runs: the list of one repository's releases (siderolabs/talos by
+// default), the one call pkg/release makes, with pagination.
 //
 // It keeps GitHub's observable behaviour: newest-first order, Link headers
 // go-github paginates with, drafts visible only to an authenticated
@@ -10,13 +10,15 @@
 // authenticated 304 does not count against the limit (GitHub's documented
 // rule; unauthenticated 304s count).
 //
-// Not emulated: every other endpoint, release assets and writes over HTTP
-// (use AddRelease, PublishRelease, RemoveRelease), Last-Modified, GraphQL,
-// real token scopes, and other rate limit resources than "core".
+// It serves no other endpoint — not the latest release, a release by tag or
+// ID, /rate_limit, the GitHub Enterprise /api/v3 prefix, nor the
+// /repositories/{id} pages its Link headers name as GitHub's do (go-github
+// reads only their page numbers) — and has no release assets, writes over
+// HTTP (use AddRelease, PublishRelease, RemoveRelease), Last-Modified,
+// GraphQL, token scopes or rate limit resources but "core".
 package fakegithub
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -37,8 +39,8 @@ type Options struct {
 	// Owner and Repo name the repository; default siderolabs/talos. Matching
 	// is case-insensitive, as on GitHub.
 	Owner, Repo string
-	// RepoID is the repository's numeric ID, used in Link headers
-	// (/repositories/{id}/releases) as GitHub does; default 1.
+	// RepoID is the repository's numeric ID, which GitHub's Link headers
+	// name (/repositories/{id}/releases); default 1.
 	RepoID int64
 	// Releases are the initial releases, e.g. TalosReleases(). Zero IDs are
 	// assigned in order of creation.
@@ -59,15 +61,14 @@ type Options struct {
 type Request struct {
 	Time          time.Time
 	Method        string
-	Path          string // API path and query, without a /api/v3 prefix
+	Path          string // API path and query
 	Status        int
 	Authenticated bool
 	Conditional   bool // sent If-None-Match
 }
 
 // Server is the emulated GitHub API. It is an http.Handler; Start serves it
-// on a loopback listener. Clients may use the server's URL as BaseURL or pass
-// it to go-github's WithEnterpriseURLs (which adds /api/v3/): both work.
+// on a loopback listener, whose URL is a go-github client's BaseURL.
 type Server struct {
 	opts Options
 	mux  *http.ServeMux
@@ -123,13 +124,8 @@ func New(opts Options) *Server {
 	}
 
 	s.mux = http.NewServeMux()
-	s.mux.HandleFunc("GET /repos/{owner}/{repo}/releases", s.api(s.listReleases, true))
-	s.mux.HandleFunc("GET /repositories/{id}/releases", s.api(s.listReleases, true))
-	s.mux.HandleFunc("GET /repos/{owner}/{repo}/releases/latest", s.api(s.latestRelease, true))
-	s.mux.HandleFunc("GET /repos/{owner}/{repo}/releases/tags/{tag...}", s.api(s.releaseByTag, true))
-	s.mux.HandleFunc("GET /repos/{owner}/{repo}/releases/{id}", s.api(s.releaseByID, true))
-	s.mux.HandleFunc("GET /rate_limit", s.api(s.rateLimit, false)) // free, as on GitHub
-	s.mux.HandleFunc("/", s.api(func(*http.Request, caller) reply { return notFound("https://docs.github.com/rest") }, true))
+	s.mux.HandleFunc("GET /repos/{owner}/{repo}/releases", s.api(s.listReleases))
+	s.mux.HandleFunc("/", s.api(func(*http.Request, caller) reply { return notFound("https://docs.github.com/rest") }))
 	return s
 }
 
@@ -188,19 +184,8 @@ func (s *Server) Count(method, pathPrefix string) int {
 	return n
 }
 
-// ServeHTTP serves the API, at the root and under /api/v3 (GitHub Enterprise
-// layout, what go-github's WithEnterpriseURLs produces).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	prefix := ""
-	if rest, ok := strings.CutPrefix(r.URL.Path, "/api/v3/"); ok {
-		prefix = "/api/v3"
-		r = r.Clone(r.Context())
-		r.URL.Path = "/" + rest
-		r.URL.RawPath = ""
-	}
-	r = r.WithContext(withPrefix(r.Context(), prefix))
-	s.mux.ServeHTTP(w, r)
-}
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 // caller identifies who is asking, for drafts and rate limits.
 type caller struct {
@@ -248,8 +233,8 @@ func errorReply(status int, message, docs string) reply {
 func notFound(docs string) reply { return errorReply(http.StatusNotFound, "Not Found", docs) }
 
 // api wraps an endpoint with authentication, rate limiting, ETags, headers
-// and the request log. metered endpoints count against the primary limit.
-func (s *Server) api(endpoint func(*http.Request, caller) reply, metered bool) http.HandlerFunc {
+// and the request log.
+func (s *Server) api(endpoint func(*http.Request, caller) reply) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		now := time.Now()
 		c, valid := s.identify(r)
@@ -261,9 +246,9 @@ func (s *Server) api(endpoint func(*http.Request, caller) reply, metered bool) h
 		requestID := fmt.Sprintf("E1A0:%04X:%06X", s.requestID%0x10000, s.requestID)
 		fault, faulted := s.takeSecondaryLocked()
 		b := s.bucketLocked(c, now)
-		exhausted := metered && b.remaining() == 0
+		exhausted := b.remaining() == 0
 		// a failed login, a forced failure and an exhausted limit cost nothing
-		charged := metered && valid && !faulted && !exhausted
+		charged := valid && !faulted && !exhausted
 		if charged {
 			b.used++ // now, so concurrent requests cannot overdraw
 		}
@@ -352,15 +337,10 @@ func etagMatches(ifNoneMatch, etag string) bool {
 }
 
 // apiBase returns the API base URL as the client addressed it.
-func apiBase(r *http.Request) string {
-	return "http://" + r.Host + prefixFrom(r.Context())
-}
+func apiBase(r *http.Request) string { return "http://" + r.Host }
 
 // repoMatches reports whether the request names the emulated repository.
 func (s *Server) repoMatches(r *http.Request) bool {
-	if id := r.PathValue("id"); strings.HasPrefix(r.URL.Path, "/repositories/") {
-		return id == strconv.FormatInt(s.opts.RepoID, 10)
-	}
 	return strings.EqualFold(r.PathValue("owner"), s.opts.Owner) && strings.EqualFold(r.PathValue("repo"), s.opts.Repo)
 }
 
@@ -375,12 +355,7 @@ func (s *Server) visibleLocked(c caller) []Release {
 	return out
 }
 
-const (
-	docsList   = "https://docs.github.com/rest/releases/releases#list-releases"
-	docsGet    = "https://docs.github.com/rest/releases/releases#get-a-release"
-	docsLatest = "https://docs.github.com/rest/releases/releases#get-the-latest-release"
-	docsByTag  = "https://docs.github.com/rest/releases/releases#get-a-release-by-tag-name"
-)
+const docsList = "https://docs.github.com/rest/releases/releases#list-releases"
 
 func (s *Server) listReleases(r *http.Request, c caller) reply {
 	if !s.repoMatches(r) {
@@ -426,82 +401,4 @@ func (s *Server) listReleases(r *http.Request, c caller) reply {
 		links = append(links, linkTo(1)+`; rel="first"`)
 	}
 	return reply{status: http.StatusOK, body: out, link: strings.Join(links, ", ")}
-}
-
-func (s *Server) latestRelease(r *http.Request, _ caller) reply {
-	if !s.repoMatches(r) {
-		return notFound(docsLatest)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, rel := range s.releases { // newest first
-		if !rel.Draft && !rel.Prerelease {
-			return reply{status: http.StatusOK, body: s.encode(rel, apiBase(r))}
-		}
-	}
-	return notFound(docsLatest)
-}
-
-// releaseByTag finds published releases only, even for collaborators.
-func (s *Server) releaseByTag(r *http.Request, _ caller) reply {
-	if !s.repoMatches(r) {
-		return notFound(docsByTag)
-	}
-	tag := r.PathValue("tag")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if i := s.indexLocked(tag); i >= 0 && !s.releases[i].Draft {
-		return reply{status: http.StatusOK, body: s.encode(s.releases[i], apiBase(r))}
-	}
-	return notFound(docsByTag)
-}
-
-func (s *Server) releaseByID(r *http.Request, c caller) reply {
-	if !s.repoMatches(r) {
-		return notFound(docsGet)
-	}
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil {
-		return notFound(docsGet)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, rel := range s.visibleLocked(c) {
-		if rel.ID == id {
-			return reply{status: http.StatusOK, body: s.encode(rel, apiBase(r))}
-		}
-	}
-	return notFound(docsGet)
-}
-
-// rateJSON is one rate limit resource in /rate_limit.
-type rateJSON struct {
-	Limit     int    `json:"limit"`
-	Remaining int    `json:"remaining"`
-	Reset     int64  `json:"reset"`
-	Used      int    `json:"used"`
-	Resource  string `json:"resource"`
-}
-
-func (s *Server) rateLimit(_ *http.Request, c caller) reply {
-	s.mu.Lock()
-	b := s.bucketLocked(c, time.Now())
-	core := rateJSON{b.limit, b.remaining(), resetUnix(b.reset), b.used, "core"}
-	s.mu.Unlock()
-	return reply{status: http.StatusOK, body: map[string]any{
-		"resources": map[string]rateJSON{"core": core},
-		"rate":      core, // deprecated duplicate GitHub still sends
-	}}
-}
-
-// prefixKey carries the path prefix ("" or "/api/v3") the client used.
-type prefixKey struct{}
-
-func withPrefix(ctx context.Context, prefix string) context.Context {
-	return context.WithValue(ctx, prefixKey{}, prefix)
-}
-
-func prefixFrom(ctx context.Context) string {
-	p, _ := ctx.Value(prefixKey{}).(string)
-	return p
 }

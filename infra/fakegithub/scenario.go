@@ -19,7 +19,7 @@ import (
 //   - a draft v1.13.10, created last and not published;
 //   - an old release with the odd, not strictly semver tag "v1.9".
 //
-// The published semver tags are exactly factory.DefaultVersions().
+// The published semver tags are exactly fakefactory.DefaultVersions().
 func TalosReleases() []Release {
 	day := 24 * time.Hour
 	date := func(s string) time.Time {

@@ -3,7 +3,6 @@ package fakehcloud
 import (
 	"cmp"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -96,39 +95,6 @@ func (a *action) view() schema.Action {
 	return v
 }
 
-func (c *Cloud) getAction(r *http.Request) (int, any, error) {
-	id, err := pathID(r, "action")
-	if err != nil {
-		return 0, nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	a, ok := c.actions[id]
-	if !ok {
-		return 0, nil, errNotFound("action", r.PathValue("id"))
-	}
-	return http.StatusOK, schema.ActionGetResponse{Action: a.view()}, nil
-}
-
-// listActions answers GET /actions?id=..&id=.., which hcloud-go polls.
-func (c *Cloud) listActions(r *http.Request) (int, any, error) {
-	return c.actionList(r, func(*action) bool { return true })
-}
-
-func (c *Cloud) listServerActions(r *http.Request) (int, any, error) {
-	id, err := pathID(r, "server")
-	if err != nil {
-		return 0, nil, err
-	}
-	c.mu.Lock()
-	_, ok := c.servers[id]
-	c.mu.Unlock()
-	if !ok {
-		return 0, nil, errNotFound("server", r.PathValue("id"))
-	}
-	return c.actionList(r, func(a *action) bool { return slices.Contains(a.Resources, serverRef(id)) })
-}
-
 var actionSort = sortFields[*action]{
 	"id":      func(a, b *action) int { return cmp.Compare(a.ID, b.ID) },
 	"command": func(a, b *action) int { return cmp.Compare(a.Command, b.Command) },
@@ -146,13 +112,14 @@ func finishedUnix(a *action) int64 {
 	return a.Finished.UnixNano()
 }
 
-func (c *Cloud) actionList(r *http.Request, keep func(*action) bool) (int, any, error) {
+// listActions answers GET /actions?id=..&id=.., which hcloud-go polls.
+func (c *Cloud) listActions(r *http.Request) (int, any, error) {
 	q := r.URL.Query()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []*action
 	for _, a := range c.actions {
-		if keep(a) && matchAny(q, "id", strconv.FormatInt(a.ID, 10)) && matchAny(q, "status", a.Status) {
+		if matchAny(q, "id", strconv.FormatInt(a.ID, 10)) && matchAny(q, "status", a.Status) {
 			out = append(out, a)
 		}
 	}

@@ -11,10 +11,10 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
 )
 
-// The catalog: what Hetzner sells in 2026, as far as the builder cares
-// (../shared/reference/FACTS.md, "Server types (2026)"). Names, disks,
-// architectures and where each type is sold follow FACTS.md; IDs, prices and
-// dates are plausible, not authoritative. cx22 is gone (removed January 2026:
+// The catalog: what Hetzner sells in 2026, as far as the builder cares.
+// Names, disks, architectures and where each type is sold follow the API's
+// GET /server_types (infra/README.md, the row on server types and where each
+// is sold); IDs, prices and dates are plausible, not authoritative. cx22 is gone (removed January 2026:
 // not listed, creating one is invalid_input); cpx11 is still sold in the US
 // but no longer in the EU; CX and CAX are sold in the EU only.
 
@@ -188,22 +188,6 @@ func (c *Cloud) serverTypeSchema(t serverTypeSpec) schema.ServerType {
 	return out
 }
 
-func (c *Cloud) datacenterSchema(l schema.Location) schema.Datacenter {
-	dc := datacenterNames[l.Name]
-	types := &schema.DatacenterServerTypes{Supported: []int64{}, Available: []int64{}, AvailableForMigration: []int64{}}
-	for _, t := range serverTypes {
-		if !t.sold(l.Name) {
-			continue
-		}
-		types.Supported = append(types.Supported, t.ID)
-		if !c.faults.unavailable(Placement{t.Name, l.Name}) {
-			types.Available = append(types.Available, t.ID)
-			types.AvailableForMigration = append(types.AvailableForMigration, t.ID)
-		}
-	}
-	return schema.Datacenter{ID: dc.id, Name: dc.name, Description: l.Description + " virtual DC", Location: l, ServerTypes: types}
-}
-
 func (c *Cloud) listServerTypes(r *http.Request) (int, any, error) {
 	q := r.URL.Query()
 	var out []serverTypeSpec
@@ -219,79 +203,4 @@ func (c *Cloud) listServerTypes(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	return listResponse(q, "server_types", out, c.serverTypeSchema)
-}
-
-func (c *Cloud) getServerType(r *http.Request) (int, any, error) {
-	id, err := pathID(r, "server_type")
-	if err != nil {
-		return 0, nil, err
-	}
-	t, ok := findServerType(schema.IDOrName{ID: id})
-	if !ok {
-		return 0, nil, errNotFound("server_type", r.PathValue("id"))
-	}
-	return http.StatusOK, schema.ServerTypeGetResponse{ServerType: c.serverTypeSchema(t)}, nil
-}
-
-func (c *Cloud) listLocations(r *http.Request) (int, any, error) {
-	q := r.URL.Query()
-	var out []schema.Location
-	for _, l := range locations {
-		if matchAny(q, "name", l.Name) {
-			out = append(out, l)
-		}
-	}
-	if err := sortItems(out, q["sort"], sortFields[schema.Location]{
-		"id":   func(a, b schema.Location) int { return cmp.Compare(a.ID, b.ID) },
-		"name": func(a, b schema.Location) int { return cmp.Compare(a.Name, b.Name) },
-	}); err != nil {
-		return 0, nil, err
-	}
-	return listResponse(q, "locations", out, func(l schema.Location) schema.Location { return l })
-}
-
-func (c *Cloud) getLocation(r *http.Request) (int, any, error) {
-	id, err := pathID(r, "location")
-	if err != nil {
-		return 0, nil, err
-	}
-	l, ok := findLocation(strconv.FormatInt(id, 10))
-	if !ok {
-		return 0, nil, errNotFound("location", r.PathValue("id"))
-	}
-	return http.StatusOK, schema.LocationGetResponse{Location: l}, nil
-}
-
-func (c *Cloud) listDatacenters(r *http.Request) (int, any, error) {
-	q := r.URL.Query()
-	var out []schema.Location
-	for _, l := range locations {
-		if matchAny(q, "name", datacenterNames[l.Name].name) {
-			out = append(out, l)
-		}
-	}
-	if err := sortItems(out, q["sort"], sortFields[schema.Location]{
-		"id": func(a, b schema.Location) int {
-			return cmp.Compare(datacenterNames[a.Name].id, datacenterNames[b.Name].id)
-		},
-		"name": func(a, b schema.Location) int {
-			return cmp.Compare(datacenterNames[a.Name].name, datacenterNames[b.Name].name)
-		},
-	}); err != nil {
-		return 0, nil, err
-	}
-	return listResponse(q, "datacenters", out, c.datacenterSchema)
-}
-
-func (c *Cloud) getDatacenter(r *http.Request) (int, any, error) {
-	id, err := pathID(r, "datacenter")
-	if err != nil {
-		return 0, nil, err
-	}
-	for _, l := range locations {
-		if datacenterNames[l.Name].id == id {
-			return http.StatusOK, schema.DatacenterGetResponse{Datacenter: c.datacenterSchema(l)}, nil
-		}
-	}
-	return 0, nil, errNotFound("datacenter", r.PathValue("id"))
 }

@@ -10,7 +10,8 @@ import (
 
 // TestServerTypesMatchFacts reads the catalog through hcloud-go's
 // ServerType client, as the builder does: disks, architectures and where
-// each type is sold as FACTS.md has them, deprecation per location.
+// each type is sold as GET /server_types answers (infra/README.md, the row
+// on server types), deprecation per location.
 func TestServerTypesMatchFacts(t *testing.T) {
 	e := newEnv(t, Options{})
 	all, err := e.client.ServerType.All(ctx(t))
@@ -82,8 +83,9 @@ func TestServerTypesMatchFacts(t *testing.T) {
 }
 
 // TestSnapshotDiskIsTheServerTypeDisk: a snapshot's disk_size is its
-// server's disk, as the real API reports it (FACTS.md), so a snapshot of an
-// 80 GB type cannot create 40 GB servers.
+// server's disk, as the real API reports it (infra/README.md, the row on a
+// snapshot's disk_size), so a snapshot of an 80 GB type cannot create 40 GB
+// servers.
 func TestSnapshotDiskIsTheServerTypeDisk(t *testing.T) {
 	e := newEnv(t, Options{})
 	for _, tt := range []struct {

@@ -1,15 +1,17 @@
-// Package fakehcloud is a stateful stand-in for the Hetzner Cloud API, faithful
-// enough that the real hcloud-go client and the hcloud CLI (HCLOUD_ENDPOINT)
-// drive it: SSH keys, servers with their power and rescue actions, snapshots,
-// actions that run for a while and lock their server, label selectors,
-// pagination, rate limit headers, and injectable faults.
+// Package fakehcloud is a stand-in for the Hetzner Cloud API for tests and
+// local runs: one stateful project that the real hcloud-go client drives
+// through the calls the functions make — SSH keys, servers with their power
+// and rescue actions, snapshots, actions that run for a while and lock their
+// server, label selectors, pagination, rate limit headers, and injectable
+// faults.
+//
+// It serves only the routes that the functions and the tests driving hcloud-go
+// call, so it has no locations, datacenters, networks, volumes, firewalls or
+// billing, and no single-resource GET but for images.
 //
 // What stands behind a server (its disk, the rescue system reachable over
 // SSH) is delegated to a Machines implementation; without one, servers get
-// sequential loopback addresses and empty disks.
-//
-// The API is served under /v1; GET /_emulator/images (no token) lists the
-// images with the disk digest each snapshot recorded.
+// sequential loopback addresses and empty disks. The API is served under /v1.
 package fakehcloud
 
 import (
@@ -42,8 +44,7 @@ type Options struct {
 	Machines Machines
 	// ActionDuration is how long an action runs before it succeeds; zero
 	// means 50ms. ActionDurations overrides it per command (start_server,
-	// stop_server, shutdown_server, reset_server, reboot_server,
-	// enable_rescue, disable_rescue, create_image, create_server,
+	// stop_server, reset_server, enable_rescue, create_image, create_server,
 	// delete_server).
 	ActionDuration  time.Duration
 	ActionDurations map[string]time.Duration
@@ -88,23 +89,23 @@ type SSHKey struct {
 // Image is a read-only view of an image; Digest is the disk digest a
 // snapshot recorded from Machines.DiskDigest.
 type Image struct {
-	ID              int64             `json:"id"`
-	Type            string            `json:"type"`   // system, snapshot, backup
-	Status          string            `json:"status"` // creating, available
-	Name            string            `json:"name,omitempty"`
-	Description     string            `json:"description"`
-	Architecture    string            `json:"architecture"` // x86, arm
-	OSFlavor        string            `json:"os_flavor"`
-	OSVersion       string            `json:"os_version,omitempty"`
-	DiskSize        float32           `json:"disk_size"`
-	ImageSize       float32           `json:"image_size"`
-	CreatedFrom     int64             `json:"created_from,omitempty"`
-	CreatedFromName string            `json:"created_from_name,omitempty"`
-	BoundTo         int64             `json:"bound_to,omitempty"`
-	Labels          map[string]string `json:"labels"`
-	Digest          string            `json:"digest,omitempty"`
-	Created         time.Time         `json:"created"`
-	Deprecated      time.Time         `json:"deprecated,omitzero"`
+	ID              int64
+	Type            string // system, snapshot, backup
+	Status          string // creating, available, unavailable
+	Name            string
+	Description     string
+	Architecture    string // x86, arm
+	OSFlavor        string
+	OSVersion       string
+	DiskSize        float32
+	ImageSize       float32
+	CreatedFrom     int64
+	CreatedFromName string
+	BoundTo         int64
+	Labels          map[string]string
+	Digest          string
+	Created         time.Time
+	Deprecated      time.Time
 }
 
 // server is a server's state.
@@ -192,30 +193,20 @@ func (c *Cloud) routes() http.Handler {
 	mux := http.NewServeMux()
 	for pattern, h := range map[string]apiHandler{
 		"GET /v1/actions":                         c.listActions,
-		"GET /v1/actions/{id}":                    c.getAction,
 		"GET /v1/ssh_keys":                        c.listSSHKeys,
 		"POST /v1/ssh_keys":                       c.createSSHKey,
-		"GET /v1/ssh_keys/{id}":                   c.getSSHKey,
 		"PUT /v1/ssh_keys/{id}":                   c.updateSSHKey,
 		"DELETE /v1/ssh_keys/{id}":                c.deleteSSHKey,
 		"GET /v1/servers":                         c.listServers,
 		"POST /v1/servers":                        c.createServer,
-		"GET /v1/servers/{id}":                    c.getServer,
 		"PUT /v1/servers/{id}":                    c.updateServer,
 		"DELETE /v1/servers/{id}":                 c.deleteServer,
-		"GET /v1/servers/{id}/actions":            c.listServerActions,
 		"POST /v1/servers/{id}/actions/{command}": c.serverAction,
 		"GET /v1/images":                          c.listImages,
 		"GET /v1/images/{id}":                     c.getImage,
 		"PUT /v1/images/{id}":                     c.updateImage,
 		"DELETE /v1/images/{id}":                  c.deleteImage,
 		"GET /v1/server_types":                    c.listServerTypes,
-		"GET /v1/server_types/{id}":               c.getServerType,
-		"GET /v1/locations":                       c.listLocations,
-		"GET /v1/locations/{id}":                  c.getLocation,
-		"GET /v1/datacenters":                     c.listDatacenters,
-		"GET /v1/datacenters/{id}":                c.getDatacenter,
-		"GET /_emulator/images":                   c.emulatorImages,
 		"/":                                       c.unknownPath,
 	} {
 		mux.Handle(pattern, c.serve(h))
@@ -250,7 +241,7 @@ func (c *Cloud) Start() (string, error) {
 	c.httpSrv = srv
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.logger.Error("hetzner emulator stopped serving", "err", err)
+			c.logger.Error("fakehcloud stopped serving", "err", err)
 		}
 	}()
 	return "http://" + ln.Addr().String() + apiPrefix, nil
@@ -433,8 +424,3 @@ func (c *Cloud) nextID(kind string) int64 {
 
 // now is the time stamp of new resources, whole seconds like the real API.
 func now() time.Time { return time.Now().UTC().Truncate(time.Second) }
-
-// emulatorImages lists all images with their digests for other processes.
-func (c *Cloud) emulatorImages(*http.Request) (int, any, error) {
-	return http.StatusOK, map[string]any{"images": c.Images()}, nil
-}

@@ -27,9 +27,10 @@ var (
 	FaultBadGateway        = Fault{http.StatusBadGateway, "bad_gateway", "the request could not be answered by the API backend, please retry"}
 	FaultTimeout           = Fault{http.StatusGatewayTimeout, "timeout", "the request could not be answered in time, please retry"}
 	// FaultServerLimitExceeded is a project at its server quota, small for
-	// a new account (FACTS.md: 403, sometimes 422; the message as
-	// terraform-hcloud-kube-hetzner issue #760 and
-	// hetzneronline/community-content issue #933 quote it).
+	// a new account: 403, sometimes 422, with the message as
+	// mysticaltech/terraform-hcloud-kube-hetzner issue #760 and
+	// hetzneronline/community-content issue #933 quote it (infra/README.md,
+	// the row on resource_limit_exceeded).
 	FaultServerLimitExceeded = Fault{http.StatusForbidden, "resource_limit_exceeded", "server limit exceeded"}
 )
 

@@ -239,8 +239,8 @@ func TestRefuse(t *testing.T) {
 	e.cloud.SetFaults(Faults{Refuse: map[string]Fault{"PUT /v1/ssh_keys/*": {http.StatusInternalServerError, "server_error", "refused"}}})
 	_, _, err = e.client.SSHKey.Update(ctx(t), key, hcloud.SSHKeyUpdateOpts{Labels: map[string]string{"a": "b"}})
 	wantAPIError(t, err, "server_error", http.StatusInternalServerError)
-	if _, _, err := e.client.SSHKey.GetByID(ctx(t), key.ID); err != nil {
-		t.Errorf("other endpoints: %v", err)
+	if got, _, err := e.client.SSHKey.GetByName(ctx(t), key.Name); err != nil || got == nil {
+		t.Errorf("other endpoints: %v, %v", got, err)
 	}
 	if k := e.cloud.SSHKeys(); len(k[0].Labels) != 0 {
 		t.Errorf("a refused update changed the key: %v", k[0].Labels)

@@ -1,7 +1,6 @@
 package fakehcloud
 
 import (
-	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
@@ -171,7 +170,7 @@ func TestBackupDiesWithServer(t *testing.T) {
 	}
 }
 
-func TestEmulatorImagesEndpoint(t *testing.T) {
+func TestAddImage(t *testing.T) {
 	e := newEnv(t, Options{})
 	ids := addSnapshots(t, e.cloud)
 	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -179,24 +178,15 @@ func TestEmulatorImagesEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(strings.TrimSuffix(e.url, "/v1") + "/_emulator/images")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct{ Images []Image }
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatal(err)
-	}
 	digests := map[int64]string{}
-	for _, img := range body.Images {
+	for _, img := range e.cloud.Images() {
 		digests[img.ID] = img.Digest
 		if img.ID == old.ID && !img.Created.Equal(created) {
 			t.Errorf("created = %v, want %v", img.Created, created)
 		}
 	}
 	if got := digests[ids["talos-13-arm"]]; got != "sha256:talos-13-arm" {
-		t.Fatalf("digest over HTTP = %q", got)
+		t.Fatalf("digest = %q", got)
 	}
 	if _, err := e.cloud.AddImage(Image{Labels: map[string]string{"bad key": "x"}}); err == nil {
 		t.Fatal("AddImage accepted an invalid label")

@@ -9,16 +9,13 @@ import (
 )
 
 // serverCommands maps the server action endpoints to the command of the
-// action they start.
+// action they start: the actions pkg/cloud takes.
 var serverCommands = map[string]string{
-	"poweron":        "start_server",
-	"poweroff":       "stop_server",
-	"shutdown":       "shutdown_server",
-	"reset":          "reset_server",
-	"reboot":         "reboot_server",
-	"enable_rescue":  "enable_rescue",
-	"disable_rescue": "disable_rescue",
-	"create_image":   "create_image",
+	"poweron":       "start_server",
+	"poweroff":      "stop_server",
+	"reset":         "reset_server",
+	"enable_rescue": "enable_rescue",
+	"create_image":  "create_image",
 }
 
 // snapshotSizeGB is the image_size of new snapshots: about what a Talos
@@ -79,16 +76,13 @@ func (c *Cloud) serverAction(r *http.Request) (int, any, error) {
 	switch command {
 	case "start_server":
 		effect = func() error { return c.setPower(id, true, false) }
-	case "stop_server", "shutdown_server":
-		// ACPI shutdown ends when the guest is off; halting is as good here.
+	case "stop_server":
 		effect = func() error { return c.setPower(id, false, false) }
-	case "reset_server", "reboot_server":
+	case "reset_server":
 		effect = func() error { return c.setPower(id, true, true) }
 	case "enable_rescue":
 		// Rescue takes effect on the next boot, which then disables it.
 		effect = c.withServer(id, func(s *server) { s.RescueEnabled, s.rescueKeys = true, rescueKeys })
-	case "disable_rescue":
-		effect = c.withServer(id, func(s *server) { s.RescueEnabled, s.rescueKeys = false, nil })
 	case "create_image":
 		status, body, err := c.createImage(s, imageReq)
 		if f, ok := c.faults.loseReply("create_image"); ok && err == nil {

@@ -78,16 +78,6 @@ func (c *Cloud) server(r *http.Request) (*server, error) {
 	return s, nil
 }
 
-func (c *Cloud) getServer(r *http.Request) (int, any, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, err := c.server(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	return http.StatusOK, schema.ServerGetResponse{Server: c.serverSchema(s)}, nil
-}
-
 // createServerRequest is schema.ServerCreateRequest, but accepting SSH keys by
 // name as the API does, and the deprecated datacenter.
 type createServerRequest struct {
@@ -142,8 +132,9 @@ func validateCreate(req *createServerRequest) (serverTypeSpec, schema.Location, 
 	if !ok {
 		return serverTypeSpec{}, schema.Location{}, errInvalidField("location", "location not found")
 	}
-	// Not listed, or listed with a past unavailable_after: FACTS.md
-	// ("A type not sold in a location is 422 invalid_input").
+	// Not listed, or listed with a past unavailable_after: 422
+	// invalid_input (infra/README.md, the row on 412 resource_unavailable
+	// and 422 "unsupported location for server type").
 	if !typ.sold(l.Name) {
 		e := errInvalidField("location", "unsupported location for server type")
 		e.status = http.StatusUnprocessableEntity
@@ -279,8 +270,9 @@ func (c *Cloud) commitServer(req createServerRequest, typ serverTypeSpec, loc sc
 	})
 
 	// Without SSH keys the API returns a root password, and Hetzner mails
-	// it to the project owner (FACTS.md; hcloud-upload-image passes its
-	// key at create for that reason: apricote/hcloud-upload-image
+	// it to the project owner (API reference, Create a Server:
+	// root_password is null only if ssh_keys were given; hcloud-upload-image
+	// passes its key at create for that reason: apricote/hcloud-upload-image
 	// hcloudimages/client.go). Count them so tests can demand none.
 	if len(keys) == 0 {
 		pw := rand.Text()

@@ -11,7 +11,7 @@ import (
 )
 
 // The builder's path: create stopped, enable rescue, power on into rescue,
-// power off, snapshot, delete.
+// reset, power off, snapshot, delete.
 func TestRescueBuildLifecycle(t *testing.T) {
 	e := newEnv(t, Options{})
 	pub := newPublicKey(t)
@@ -66,16 +66,16 @@ func TestRescueBuildLifecycle(t *testing.T) {
 		t.Fatalf("boots = %+v, want one rescue boot with the key", boots)
 	}
 
-	a, _, err = e.client.Server.Reboot(ctx(t), srv)
+	a, _, err = e.client.Server.Reset(ctx(t), srv)
 	e.wait(t, a, err)
 	if boots = e.machines.boots(id); len(boots) != 2 || boots[1] != nil {
-		t.Fatalf("reboot boots = %+v, want a second boot from disk", boots)
+		t.Fatalf("reset boots = %+v, want a second boot from disk", boots)
 	}
 
-	a, _, err = e.client.Server.Shutdown(ctx(t), srv)
+	a, _, err = e.client.Server.Poweroff(ctx(t), srv)
 	e.wait(t, a, err)
 	if srv = e.getServer(t, id); srv.Status != hcloud.ServerStatusOff {
-		t.Fatalf("after shutdown: %s", srv.Status)
+		t.Fatalf("after poweroff: %s", srv.Status)
 	}
 
 	img, _, err := e.client.Server.CreateImage(ctx(t), srv, &hcloud.ServerCreateImageOpts{
@@ -100,8 +100,8 @@ func TestRescueBuildLifecycle(t *testing.T) {
 
 	del, _, err := e.client.Server.DeleteWithResult(ctx(t), srv)
 	e.wait(t, del.Action, err)
-	if s, _, err := e.client.Server.GetByID(ctx(t), id); s != nil || err != nil {
-		t.Fatalf("deleted server still there: %v, %v", s, err)
+	if s := e.listedServer(t, id); s != nil {
+		t.Fatalf("deleted server still listed: %v", s)
 	}
 	want := []string{"create", "boot", "halt", "boot", "halt", "digest", "delete"}
 	if ops := e.machines.ops(id); !slices.Equal(ops, want) {

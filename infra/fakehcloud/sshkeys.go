@@ -54,16 +54,6 @@ func (c *Cloud) sshKey(r *http.Request) (*SSHKey, error) {
 	return k, nil
 }
 
-func (c *Cloud) getSSHKey(r *http.Request) (int, any, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	k, err := c.sshKey(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	return http.StatusOK, schema.SSHKeyGetResponse{SSHKey: k.schema()}, nil
-}
-
 func (c *Cloud) createSSHKey(r *http.Request) (int, any, error) {
 	var req schema.SSHKeyCreateRequest
 	if err := decode(r, &req); err != nil {

@@ -73,7 +73,7 @@ func TestSSHKeys(t *testing.T) {
 	if _, err := e.client.SSHKey.Delete(ctx(t), key); err != nil {
 		t.Fatal(err)
 	}
-	if got, _, err := e.client.SSHKey.GetByID(ctx(t), key.ID); got != nil || err != nil {
+	if got, _, err := e.client.SSHKey.GetByName(ctx(t), updated.Name); got != nil || err != nil {
 		t.Fatalf("deleted key: %v, %v", got, err)
 	}
 	if keys := e.cloud.SSHKeys(); len(keys) != 1 || keys[0].Name != "other" {

@@ -1,7 +1,8 @@
-// Package fakelambda is a local AWS Lambda: it runs functions' bootstrap binaries
-// under the AWS Lambda Runtime Interface Emulator (RIE) behind the Lambda
-// Invoke API, so that aws-sdk-go-v2's Lambda client (AWS_ENDPOINT_URL_LAMBDA
-// pointing here) invokes them as it would in AWS.
+// Package fakelambda is a stand-in for AWS Lambda for tests and local runs: it
+// runs functions' bootstrap binaries under the AWS Lambda Runtime Interface
+// Emulator (RIE) behind the Lambda Invoke API, so that aws-sdk-go-v2's Lambda
+// client (AWS_ENDPOINT_URL_LAMBDA pointing here) and the AWS CLI invoke them
+// as they would in AWS.
 //
 // RIE serves one invocation at a time and crashes on overlapping ones, so
 // every function gets a pool of RIE processes (its concurrency). On top of
@@ -9,6 +10,10 @@
 // invocation queue with retries, Lambda's error shapes and headers, log
 // tails, payload limits, and records of every attempt. For tests of resumable
 // work it can kill an execution mid-way (KillOn, Kill).
+//
+// It serves only Invoke (functions are configured in Options, not over the
+// API) and has no IAM, throttling, memory limits, destinations or event
+// source mappings, and no Event queue beyond its own in-process one.
 package fakelambda
 
 import (

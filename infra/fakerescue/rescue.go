@@ -1,6 +1,7 @@
-// Package fakerescue emulates what stands behind Hetzner Cloud servers: a disk
-// per server, held in a sparse file, and the rescue system, an SSH server on
-// the server's own loopback address that runs commands against that disk.
+// Package fakerescue is a stand-in for what stands behind Hetzner Cloud
+// servers, for tests and local runs: a disk per server, held in a sparse
+// file, and the rescue system, an SSH server on the server's own loopback
+// address that runs commands against that disk.
 //
 // Commands never see the host's devices. Every rescue boot gets private
 // mount, UTS and PID namespaces whose /dev is a fresh tmpfs with the server's
@@ -10,9 +11,13 @@
 //
 // The sessions run the host's tools, with shims in front for what acts on a
 // disk (blkdiscard, blockdev, dd) or on the machine (poweroff and friends).
-// Options model what is not documented about Hetzner's rescue system and
-// may differ from the host: root's login shell, tools that are missing, and
-// a discard that leaves the data in place.
+// The power shims reach the Pool over a loopback HTTP channel of its own,
+// which only they call. Options model what is not documented about
+// Hetzner's rescue system and may differ from the host: root's login shell,
+// tools that are missing, and a discard that leaves the data in place.
+//
+// It boots no kernel: a boot from disk starts nothing, sessions get no PTY,
+// and nothing sees the disk as a kernel would (lsblk, udev).
 //
 // Pool implements the Machines interface of infra/fakehcloud but for the type of
 // Boot's argument, which converts (see Rescue).
@@ -79,8 +84,8 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Rescue describes a rescue boot. It has the same fields as hetzner.Rescue,
-// so a *hetzner.Rescue converts: pool.Boot(id, (*rescue.Rescue)(r)).
+// Rescue describes a rescue boot. It has the same fields as fakehcloud.Rescue,
+// so a *fakehcloud.Rescue converts: pool.Boot(id, (*fakerescue.Rescue)(r)).
 type Rescue struct {
 	// AuthorizedKeys are public keys in authorized_keys format.
 	AuthorizedKeys []string

@@ -1,8 +1,11 @@
-// Package fakesecrets stands in for the two AWS stores the functions read their
-// tokens from: Secrets Manager (GetSecretValue) and SSM Parameter Store
-// (GetParameter). Both speak AWS's JSON 1.1 protocol on one loopback port;
-// point aws-sdk-go-v2 at it with AWS_ENDPOINT_URL_SECRETS_MANAGER and
-// AWS_ENDPOINT_URL_SSM. It answers nothing else.
+// Package fakesecrets is a stand-in, for tests and local runs, for the two AWS
+// stores the functions read their tokens from: Secrets Manager
+// (GetSecretValue) and SSM Parameter Store (GetParameter). Both speak AWS's
+// JSON 1.1 protocol on one loopback port; point aws-sdk-go-v2 at it with
+// AWS_ENDPOINT_URL_SECRETS_MANAGER and AWS_ENDPOINT_URL_SSM.
+//
+// It answers no other operation, and has no secret versions, rotation,
+// encryption keys or IAM.
 package fakesecrets
 
 import (

@@ -13,7 +13,7 @@ func RequiredPartitions() []string { return []string{"EFI", "META"} }
 // (getPartitionOptions), pkg/machinery/imager/quirks (boot loader per
 // version: GRUB up to v1.9, sd-boot on arm64 and dual-boot on amd64 from
 // v1.10) and pkg/imager/profile/testdata/hcloud-*.yaml; summarised in
-// FACTS.md, "Talos hcloud disk image layouts".
+// infra/README.md, the row "Talos hcloud image layouts".
 func ExpectedPartitions(v Version, arch string) []string {
 	switch {
 	case v.Major < 1 || v.Major == 1 && v.Minor < 8:

@@ -23,7 +23,8 @@ var versionRE = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9]
 
 // MaxVersionLength is the longest version accepted: a version is a label
 // value of its snapshot (talos_version, version), and Hetzner label values
-// are at most 63 characters (FACTS.md, "Rules").
+// are at most 63 characters (Hetzner API reference, Labels; infra/README.md,
+// the row on label keys and values).
 const MaxVersionLength = 63
 
 // ParseVersion parses a strict semantic version with a leading "v".

@@ -1,4 +1,4 @@
-// Command fn is the test function for package lambda: a Go Lambda built with
+// Command fn is the test function for package fakelambda: a Go Lambda built with
 // -tags lambda.norpc whose behaviour is chosen by the payload.
 package main
 
