@@ -15,6 +15,8 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -59,6 +61,7 @@ func TestName(t *testing.T) {
 }
 
 func TestLabelsAreValid(t *testing.T) {
+	w := newWorld(t)
 	for _, v := range []string{"v1.13.9", "v1.14.0-beta.1", "v10.200.3000-rc.1.very-long-prerelease-identifier.with.x"} {
 		for _, a := range talos.Architectures {
 			for _, cluster := range []string{"", "prod-1"} {
@@ -84,13 +87,13 @@ func TestLabelsAreValid(t *testing.T) {
 				if !ok || back != tg {
 					t.Errorf("TargetFromLabels = %v, %v; want %v", back, ok, tg)
 				}
-				if !matches(snap, tg.snapshotSelector(cluster)) {
+				if img := w.addSnapshot(fakehcloud.Image{Labels: snap}); !w.selects(tg.snapshotSelector(cluster), img.ID) {
 					t.Errorf("%v: selector %s does not match its own labels", tg, tg.snapshotSelector(cluster))
 				}
 			}
 		}
 	}
-	if matches(target.snapshotLabels("prod", nil, 1), target.snapshotSelector("")) {
+	if img := w.addSnapshot(fakehcloud.Image{Labels: target.snapshotLabels("prod", nil, 1)}); w.selects(target.snapshotSelector(""), img.ID) {
 		t.Error("a cluster's snapshot matches the selector of a deployment without cluster")
 	}
 	extra := target.snapshotLabels("", map[string]string{"os": "linux"}, 1)
@@ -130,7 +133,7 @@ func TestParseRequest(t *testing.T) {
 }
 
 func TestTargets(t *testing.T) {
-	b := testBuilder(newFakeCloud(), &fakeRemote{}, nil, Options{
+	b := testBuilder(newWorld(t), &fakeRemote{}, nil, Options{
 		Architectures: []string{"amd64"}, Schematics: []string{talos.VanillaSchematic, talos.QemuGuestAgentSchematic}})
 	tests := []struct {
 		req  Request
@@ -175,23 +178,23 @@ func mutating(calls []string) []string {
 }
 
 func TestHappyPathAndNoOp(t *testing.T) {
-	fc := newFakeCloud()
+	w := newWorld(t)
 	remote := &fakeRemote{table: talosTable}
-	b := testBuilder(fc, remote, nil, Options{})
+	b := testBuilder(w, remote, nil, Options{})
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID == 0 || res.ServerType != "cx23" || res.Location != "fsn1" {
 		t.Fatalf("result = %+v", res)
 	}
 	want := []string{"CreateSSHKey", "CreateServer", "EnableRescue", "Boot", "PowerOff", "SetServerLabels:snapshot",
 		"SetServerLabels:wait", "CreateSnapshot", "DeleteServer", "DeleteSSHKey"}
-	if got := mutating(fc.callLog()); !slices.Equal(got, want) {
+	if got := mutating(w.cloud.callLog()); !slices.Equal(got, want) {
 		t.Errorf("calls:\n got %v\nwant %v", got, want)
 	}
-	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+	if s, k, i := w.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images; want 0, 0, 1", s, k, i)
 	}
-	img := fc.images[res.SnapshotID]
-	if img.Labels["os"] != "talos" || img.Labels["talos_version"] != "v1.13.9" || img.Status != hcloud.ImageStatusAvailable {
+	img, _ := w.emu.Image(res.SnapshotID)
+	if img.Labels["os"] != "talos" || img.Labels["talos_version"] != "v1.13.9" || img.Status != string(hcloud.ImageStatusAvailable) {
 		t.Errorf("snapshot = %+v", img)
 	}
 	if len(remote.commands) != 4 || !strings.HasPrefix(remote.commands[0], scriptCommand+"\n") ||
@@ -199,19 +202,19 @@ func TestHappyPathAndNoOp(t *testing.T) {
 		t.Errorf("remote commands = %q", remote.commands)
 	}
 
-	fc.calls = nil
+	w.cloud.resetCalls()
 	res = b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != img.ID {
 		t.Fatalf("second build = %+v", res)
 	}
-	if got := fc.callLog(); !slices.Equal(got, []string{"ServerByName", "Snapshots", "SSHKeyByName"}) {
+	if got := w.cloud.callLog(); !slices.Equal(got, []string{"ServerByName", "Snapshots", "SSHKeyByName"}) {
 		t.Errorf("a no-op made the calls %v", got)
 	}
 }
 
 func TestNotServedByFactoryCreatesNothing(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	resp, err := b.Handle(context.Background(), Request{Version: "v9.9.9"})
 	var failed *FailedError
 	if !errors.As(err, &failed) || len(resp.Results) != 2 {
@@ -222,19 +225,20 @@ func TestNotServedByFactoryCreatesNothing(t *testing.T) {
 			t.Errorf("result = %+v", r)
 		}
 	}
-	if m := mutating(fc.callLog()); len(m) != 0 {
+	if m := mutating(w.cloud.callLog()); len(m) != 0 {
 		t.Errorf("mutating calls %v", m)
 	}
 }
 
-// TestResume puts the checkpoint of an interrupted build into the fake and
-// checks what the next invocation does: label state → next actions.
+// TestResume puts the checkpoint of an interrupted build into the project
+// and checks what the next invocation does: label state → next actions.
 func TestResume(t *testing.T) {
 	tests := []struct {
 		name string
 		step string
-		// images of the server: "available", "creating", "stuck" (creating
-		// for longer than SnapshotTimeout), "unavailable" (failed)
+		// images of the server: "available", "creating" (its create_image
+		// runs), "stuck" (creating for longer than SnapshotTimeout, its
+		// action gone), "unavailable" (its create_image failed)
 		images   []string
 		attempts string // snapshot attempts so far, from the server's labels
 		state    State
@@ -269,36 +273,40 @@ func TestResume(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Hour})
+			w := newWorld(t)
+			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Hour})
 			labels := target.targetLabels("")
 			labels[label.Role], labels[label.Step] = label.RoleBuildServer, tt.step
 			if tt.attempts != "" {
 				labels[label.SnapshotAttempts] = tt.attempts
 			}
-			srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
+			srv := w.createServer(labels)
+			snapLabels := target.snapshotLabels("", nil, srv.ID)
 			for _, status := range tt.images {
-				img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
 				switch status {
-				case "available", "unavailable":
-					fc.images[img.ID].Status = hcloud.ImageStatus(status)
+				case "available":
+					w.addSnapshot(fakehcloud.Image{Labels: snapLabels})
+				case "creating":
+					w.createSnapshot(srv, snapLabels, fakehcloud.Faults{SlowImages: 1, SlowImageFor: 100 * time.Millisecond})
+				case "unavailable":
+					img := w.createSnapshot(srv, snapLabels, fakehcloud.Faults{UnavailableImages: 1})
+					w.awaitImage(img.ID, status)
 				case "stuck":
-					fc.images[img.ID].Created = time.Now().Add(-2 * time.Hour)
-					fc.snapshotsReadyAfter = 1 << 30
+					w.addSnapshot(fakehcloud.Image{Labels: snapLabels, Status: "creating", Created: time.Now().Add(-2 * time.Hour)})
 				}
 			}
-			fc.calls = nil
+			w.cloud.resetCalls()
 			res := b.Build(context.Background(), target, Request{})
 			if res.State != tt.state {
 				t.Errorf("state = %s (%s), want %s", res.State, res.Error, tt.state)
 			}
-			if got := mutating(fc.callLog()); !slices.Equal(got, tt.want) {
+			if got := mutating(w.cloud.callLog()); !slices.Equal(got, tt.want) {
 				t.Errorf("calls:\n got %v\nwant %v", got, tt.want)
 			}
-			if s, k, i := fc.counts(); s != 0 || k != 0 || i != tt.left {
+			if s, k, i := w.counts(); s != 0 || k != 0 || i != tt.left {
 				t.Errorf("left %d servers, %d keys, %d images; want 0, 0, %d", s, k, i, tt.left)
 			}
-			if tt.left == 1 && res.SnapshotID != slices.Min(slices.Collect(maps.Keys(fc.images))) {
+			if tt.left == 1 && res.SnapshotID != slices.Min(w.snapshots()) {
 				t.Errorf("snapshot %d, want the oldest of the server's", res.SnapshotID)
 			}
 		})
@@ -310,6 +318,7 @@ func TestResume(t *testing.T) {
 // expire: taken over and built. One expiring beyond this invocation's time:
 // a retry (a function error), never a silent in_progress.
 func TestLease(t *testing.T) {
+	t.Parallel() // it waits for leases to expire
 	tests := []struct {
 		name    string
 		until   time.Duration // the lease's expiry from now
@@ -325,13 +334,13 @@ func TestLease(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
+			w := newWorld(t)
+			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
 			labels[label.Role] = label.RoleLease
 			labels[label.LeaseUntil] = strconv.FormatInt(time.Now().Add(tt.until).Unix(), 10)
 			labels[label.LeaseOwner] = "other"
-			key, _ := fc.CreateSSHKey(context.Background(), target.Name(""), "ssh-ed25519 AAAA", labels)
+			key := w.createKey(target.Name(""), labels)
 			if tt.renewed {
 				stop := make(chan struct{})
 				defer close(stop)
@@ -344,7 +353,7 @@ func TestLease(t *testing.T) {
 						}
 						l := maps.Clone(labels)
 						l[label.LeaseUntil] = strconv.FormatInt(time.Now().Add(3*time.Second).Unix(), 10)
-						fc.SetSSHKeyLabels(context.Background(), key, l)
+						w.api.SetSSHKeyLabels(context.Background(), key, l)
 					}
 				}()
 			}
@@ -358,9 +367,9 @@ func TestLease(t *testing.T) {
 			if res.State != tt.state || res.retry != tt.retry {
 				t.Fatalf("result = %+v, retry %v", res, res.retry)
 			}
-			s, k, _ := fc.counts()
-			if tt.state == InProgress && (s != 0 || k != 1 || slices.Contains(fc.callLog(), "CreateServer")) {
-				t.Errorf("a duplicate acted: %v", fc.callLog())
+			s, k, _ := w.counts()
+			if tt.state == InProgress && (s != 0 || k != 1 || slices.Contains(w.cloud.callLog(), "CreateServer")) {
+				t.Errorf("a duplicate acted: %v", w.cloud.callLog())
 			}
 			if tt.state == Done && (s != 0 || k != 0) {
 				t.Errorf("left %d servers, %d keys", s, k)
@@ -394,26 +403,30 @@ func TestCapacity(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
+			w := newWorld(t)
+			var full []fakehcloud.Placement
 			for _, f := range tt.full {
-				fc.noCapacity[f] = true
+				typ, loc, _ := strings.Cut(f, "/")
+				full = append(full, fakehcloud.Placement{ServerType: typ, Location: loc})
 			}
+			w.emu.SetFaults(fakehcloud.Faults{Unavailable: full})
 			o := Options{Locations: tt.locations}
 			if tt.types != nil {
 				o.ServerTypes = map[string][]string{"amd64": tt.types}
 			}
-			res := testBuilder(fc, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, Request{})
+			res := testBuilder(w, &fakeRemote{table: talosTable}, nil, o).Build(context.Background(), target, Request{})
 			if res.State != tt.state || res.ServerType != tt.typ || res.Location != tt.loc || !strings.Contains(res.Error, tt.err) {
 				t.Errorf("result = %+v", res)
 			}
 			// Only 40 GB types, only where the API says they are sold.
-			for _, c := range fc.creates {
-				i := slices.IndexFunc(fc.serverTypes, func(st *hcloud.ServerType) bool { return st.Name == c.ServerType })
-				if i < 0 || fc.serverTypes[i].Disk != 40 || !sold(fc.serverTypes[i], c.Location, time.Now()) {
+			catalog := w.catalog()
+			for _, c := range w.cloud.createLog() {
+				i := slices.IndexFunc(catalog, func(st *hcloud.ServerType) bool { return st.Name == c.ServerType })
+				if i < 0 || catalog[i].Disk != 40 || !sold(catalog[i], c.Location, time.Now()) {
 					t.Errorf("tried to create %s in %s", c.ServerType, c.Location)
 				}
 			}
-			if s, k, _ := fc.counts(); s != 0 || k != 0 {
+			if s, k, _ := w.counts(); s != 0 || k != 0 {
 				t.Errorf("left %d servers, %d keys", s, k)
 			}
 		})
@@ -421,15 +434,15 @@ func TestCapacity(t *testing.T) {
 }
 
 func TestContinuesWhenShortOfTime(t *testing.T) {
-	fc := newFakeCloud()
+	w := newWorld(t)
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: 55 * time.Second})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: 55 * time.Second})
 	// Creating the server takes 10 s of the invocation's minute: the install
 	// no longer fits.
 	var skew atomic.Int64
 	b.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	fc.afterCall = func(name string) {
-		if name == "CreateServer" {
+	w.cloud.hook = func(call string) {
+		if call == "CreateServer" {
 			skew.Store(int64(10 * time.Second))
 		}
 	}
@@ -450,7 +463,7 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 	if !reflect.DeepEqual(got, want) || c == nil || c.Idle != 0 || c.Origin == "" || b.verify(cont.reqs[0]) != nil {
 		t.Errorf("continuation = %+v %+v", got, c)
 	}
-	if s, k, _ := fc.counts(); s != 1 || k != 0 {
+	if s, k, _ := w.counts(); s != 1 || k != 0 {
 		t.Errorf("%d servers, %d keys; want the server kept and the lease released", s, k)
 	}
 }
@@ -459,16 +472,16 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 // a step fails, naming both, instead of handing over forever; before the
 // server exists, it creates nothing.
 func TestFunctionTimeoutTooShort(t *testing.T) {
-	fc := newFakeCloud()
+	w := newWorld(t)
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Minute})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	res := b.Build(withInvocationStart(ctx, time.Now()), target, Request{})
 	if res.State != Failed || !strings.Contains(res.Error, "this invocation had 25s in all (the function's timeout), but step install needs 1m0s (INSTALL_TIMEOUT)") {
 		t.Fatalf("result = %+v", res)
 	}
-	if m := mutating(fc.callLog()); len(m) != 0 || len(cont.reqs) != 0 {
+	if m := mutating(w.cloud.callLog()); len(m) != 0 || len(cont.reqs) != 0 {
 		t.Errorf("mutating calls %v, continuations %v", m, cont.reqs)
 	}
 }
@@ -476,12 +489,12 @@ func TestFunctionTimeoutTooShort(t *testing.T) {
 // TestIdleHopsAreBounded: invocations that hand over without progress are
 // counted in the signed continuation, and the build fails after a few.
 func TestIdleHopsAreBounded(t *testing.T) {
-	fc := newFakeCloud()
+	w := newWorld(t)
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
 	labels := target.targetLabels("")
 	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "install"
-	fc.CreateServer(context.Background(), cloudOpts(labels))
+	w.createServer(labels)
 	req := Request{Version: target.Version, Arch: target.Arch, Schematic: target.Schematic}
 	var res Result
 	for hop := 1; hop <= maxIdleHops+1; hop++ {
@@ -510,10 +523,11 @@ func TestIdleHopsAreBounded(t *testing.T) {
 }
 
 func TestWaitHandsOver(t *testing.T) {
-	fc := newFakeCloud()
-	fc.snapshotsReadyAfter = 1 << 30
+	t.Parallel() // it waits for a slow snapshot
+	w := newWorld(t)
+	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: slowSnapshot})
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != InProgress || res.Step != StepWait || len(cont.reqs) != 1 {
 		t.Fatalf("result = %+v, continuations %d", res, len(cont.reqs))
@@ -526,11 +540,11 @@ func TestWaitHandsOver(t *testing.T) {
 			t.Fatalf("hop %d: %+v, continuation %+v", hop, res, req.Continuation)
 		}
 	}
-	fc.snapshotsReadyAfter = 0
+	w.awaitSnapshots()
 	if res = b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("after the snapshot is ready: %+v", res)
 	}
-	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+	if s, k, i := w.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 	}
 }
@@ -550,15 +564,15 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
-			res := testBuilder(fc, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
+			w := newWorld(t)
+			res := testBuilder(w, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
 			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) || res.Code != tt.code {
 				t.Errorf("result = %+v", res)
 			}
-			if rec, ok := fc.record(target); !ok || rec.Code != tt.code || rec.Failures != 1 {
+			if rec, ok := w.record(target); !ok || rec.Code != tt.code || rec.Failures != 1 {
 				t.Errorf("failure record %+v (found %v), want code %s", rec, ok, tt.code)
 			}
-			if s, k, i := fc.counts(); s != 0 || k != 0 || i != 0 {
+			if s, k, i := w.counts(); s != 0 || k != 0 || i != 0 {
 				t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 			}
 		})
@@ -566,23 +580,24 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 }
 
 func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotWait: 20 * time.Millisecond})
+	t.Parallel() // it waits for a slow snapshot
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotWait: 20 * time.Millisecond})
 	first := b.Build(context.Background(), target, Request{})
-	fc.snapshotsReadyAfter = 1 << 30
+	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: slowSnapshot})
 	res := b.Build(context.Background(), target, Request{Force: true})
 	if res.State != InProgress {
 		t.Fatalf("forced build = %+v", res)
 	}
-	if fc.images[first.SnapshotID] == nil {
+	if _, ok := w.emu.Image(first.SnapshotID); !ok {
 		t.Fatal("the old snapshot was deleted before the new one is available")
 	}
-	fc.snapshotsReadyAfter = 0
+	w.awaitSnapshots()
 	res = b.Build(context.Background(), target, Request{Force: true})
 	if res.State != Done || res.SnapshotID == first.SnapshotID {
 		t.Fatalf("forced build = %+v", res)
 	}
-	if _, _, i := fc.counts(); i != 1 || fc.images[res.SnapshotID] == nil {
+	if _, _, i := w.counts(); i != 1 || !slices.Contains(w.snapshots(), res.SnapshotID) {
 		t.Errorf("%d images; want only the new one", i)
 	}
 }
@@ -590,27 +605,32 @@ func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 // TestBuildFinishedWhileTakingTheLease: the server seen at the check is gone
 // once the lease is ours, because its holder finished: done, nothing new.
 func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	first := b.Build(context.Background(), target, Request{})
 	labels := target.targetLabels("")
 	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "cleanup"
-	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
+	srv := w.createServer(labels)
 	lookups := 0
-	fc.beforeServerByName = func() {
+	w.cloud.hook = func(call string) {
+		if call != "ServerByName" {
+			return
+		}
 		if lookups++; lookups == 2 {
-			delete(fc.servers, srv.ID)
+			if err := w.api.DeleteServer(context.Background(), srv); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	fc.calls = nil
+	w.cloud.resetCalls()
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != first.SnapshotID {
 		t.Fatalf("result = %+v", res)
 	}
-	if m := mutating(fc.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
+	if m := mutating(w.cloud.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
 		t.Errorf("calls %v", m)
 	}
-	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+	if s, k, i := w.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 	}
 }
@@ -619,40 +639,42 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 // deletion (still locked by its action) keeps no label a consumer or a
 // target selects on, and a later look deletes it.
 func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Minute})
+	t.Parallel() // it waits for a slow snapshot
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Minute})
 	labels := target.targetLabels("")
 	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "wait"
-	srv, _ := fc.CreateServer(context.Background(), cloudOpts(labels))
-	img, _ := fc.CreateSnapshot(context.Background(), srv, "", target.snapshotLabels("", nil, srv.ID))
-	fc.images[img.ID].Created = time.Now().Add(-time.Hour)
-	fc.snapshotsReadyAfter = 1 << 30
-	fc.failOn["DeleteImage"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "image is locked"}
-	fc.failOn["DeleteServer"] = hcloud.Error{Code: hcloud.ErrorCodeLocked, Message: "server is locked"}
+	srv := w.createServer(labels)
+	// Its create_image still runs, which locks the snapshot and the server,
+	// and the Builder looks an hour later.
+	img := w.createSnapshot(srv, target.snapshotLabels("", nil, srv.ID), fakehcloud.Faults{SlowImages: 1, SlowImageFor: slowSnapshot})
+	b.now = func() time.Time { return time.Now().Add(time.Hour) }
 
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != Failed || !strings.Contains(res.Error, "failed: timeout") {
 		t.Fatalf("result = %+v", res)
 	}
-	got := fc.images[img.ID].Labels
+	failed, _ := w.emu.Image(img.ID)
 	want := map[string]string{label.Managed: label.ManagedValue, label.Build: strconv.FormatInt(srv.ID, 10), label.Failed: "timeout"}
-	if !maps.Equal(got, want) {
-		t.Errorf("labels of the failed snapshot = %v, want %v", got, want)
+	if !maps.Equal(failed.Labels, want) {
+		t.Errorf("labels of the failed snapshot = %v, want %v", failed.Labels, want)
 	}
-	if matches(got, target.snapshotSelector("")) || matches(got, "os=talos") {
+	if w.selects(target.snapshotSelector(""), img.ID) || w.selects("os=talos", img.ID) {
 		t.Error("the failed snapshot is still selected as the target's")
+	}
+	if s, _, i := w.counts(); s != 1 || i != 1 {
+		t.Errorf("%d servers, %d images; want both locked ones left", s, i)
 	}
 
 	// Its action ended; the next request (a retry) deletes it and takes the
 	// snapshot again.
-	delete(fc.failOn, "DeleteImage")
-	delete(fc.failOn, "DeleteServer")
-	fc.snapshotsReadyAfter = 0
+	w.awaitImage(img.ID, string(hcloud.ImageStatusAvailable))
+	b.now = time.Now
 	res = b.Build(context.Background(), target, Request{})
-	if res.State != Done || fc.images[img.ID] != nil {
-		t.Fatalf("result = %+v; failed snapshot still there: %v", res, fc.images[img.ID] != nil)
+	if _, there := w.emu.Image(img.ID); res.State != Done || there {
+		t.Fatalf("result = %+v; failed snapshot still there: %v", res, there)
 	}
-	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+	if s, k, i := w.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images; want 0, 0, 1", s, k, i)
 	}
 }
@@ -661,22 +683,23 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 // duplicate of the request finished the build before this invocation got
 // the lease: the check after taking it finds the snapshot; nothing is built.
 func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	lookups := 0
 	var made int64
-	fc.beforeServerByName = func() {
+	w.cloud.hook = func(call string) {
+		if call != "ServerByName" {
+			return
+		}
 		if lookups++; lookups == 2 {
-			made = fc.id()
-			fc.images[made] = &hcloud.Image{ID: made, Type: hcloud.ImageTypeSnapshot, Status: hcloud.ImageStatusAvailable,
-				Labels: target.snapshotLabels("", nil, 1), Created: time.Now()}
+			made = w.addSnapshot(fakehcloud.Image{Labels: target.snapshotLabels("", nil, 1)}).ID
 		}
 	}
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != Done || res.SnapshotID != made {
 		t.Fatalf("result = %+v, want done with snapshot %d", res, made)
 	}
-	if m := mutating(fc.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
+	if m := mutating(w.cloud.callLog()); !slices.Equal(m, []string{"CreateSSHKey", "DeleteSSHKey"}) {
 		t.Errorf("calls %v", m)
 	}
 }
@@ -685,15 +708,16 @@ func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
 // request and blocks meanwhile; a check that times out on it creates
 // nothing and asks Lambda to retry (a function error), not to fail for good.
 func TestImageBeingBuiltIsRetried(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
-	b.factory = fakeFactory{building: map[string]bool{"v1.13.9": true}}
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
+	building := newFactory(t, fakefactory.Options{Versions: []string{"v1.13.9"}, BuildDelay: time.Minute})
+	b.factory = &talos.Factory{BaseURL: building.URL(), HeadTimeout: 50 * time.Millisecond}
 	resp, err := b.Handle(context.Background(), Request{Version: "v1.13.9", Arch: "amd64"})
 	var retry *RetryError
 	if !errors.As(err, &retry) || resp.Results[0].State != InProgress || !strings.Contains(resp.Results[0].Error, "building") {
 		t.Fatalf("response %+v, error %v", resp, err)
 	}
-	if m := mutating(fc.callLog()); len(m) != 0 {
+	if m := mutating(w.cloud.callLog()); len(m) != 0 {
 		t.Errorf("mutating calls %v", m)
 	}
 }
@@ -702,15 +726,30 @@ func TestImageBeingBuiltIsRetried(t *testing.T) {
 // server that took the name is gone by the lookup: nothing to adopt, and the
 // request is to be retried (a function error), not recorded as a failure.
 func TestNameTakenButServerGone(t *testing.T) {
-	fc := newFakeCloud()
-	fc.failOn["CreateServer"] = hcloud.Error{Code: hcloud.ErrorCodeUniquenessError, Message: "server name is already used"}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	w := newWorld(t)
+	// Another invocation's server takes the name just before the create,
+	// and its cleanup deletes it just before the lookup that follows.
+	var taken *hcloud.Server
+	w.cloud.hook = func(call string) {
+		switch {
+		case call == "CreateServer":
+			labels := target.targetLabels("")
+			labels[label.Role], labels[label.Step] = label.RoleBuildServer, string(StepCleanup)
+			taken = w.createServer(labels)
+		case call == "ServerByName" && taken != nil:
+			if err := w.api.DeleteServer(context.Background(), taken); err != nil {
+				t.Fatal(err)
+			}
+			taken = nil
+		}
+	}
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	_, err := b.Handle(context.Background(), Request{Version: "v1.13.9", Arch: "amd64"})
 	var retry *RetryError
 	if !errors.As(err, &retry) || !strings.Contains(err.Error(), "its name was taken, but the server is gone") || strings.Contains(err.Error(), "%!") {
 		t.Fatalf("error = %v, want a retry that says the server is gone", err)
 	}
-	if s, k, _ := fc.counts(); s != 0 || k != 0 {
+	if s, k, _ := w.counts(); s != 0 || k != 0 {
 		t.Errorf("left %d servers, %d keys", s, k)
 	}
 }

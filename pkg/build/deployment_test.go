@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hetznercloud/hcloud-go/v2/hcloud"
-
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 )
 
@@ -38,12 +36,12 @@ func TestDeploymentID(t *testing.T) {
 // MarkerTTL, and then takes over; other clusters are not concerned.
 func TestMarker(t *testing.T) {
 	ctx := context.Background()
-	fc := newFakeCloud()
+	w := newWorld(t)
 	t0 := time.Now()
 	a := Deployment{Cluster: "prod", ID: "eu-central-1.a"}
 	b := Deployment{Cluster: "prod", ID: "eu-central-1.b"}
 	seen := func() string {
-		k, _ := fc.SSHKeyByName(ctx, a.MarkerName())
+		k, _ := w.api.SSHKeyByName(ctx, a.MarkerName())
 		if k == nil {
 			return "none"
 		}
@@ -55,16 +53,16 @@ func TestMarker(t *testing.T) {
 		err  string // in the error; "" none
 		want string // the marker: owner@seconds after t0
 	}{
-		{"a checks: no marker", func() error { return a.Check(ctx, fc, t0) }, "", "none"},
-		{"a claims", func() error { return a.Claim(ctx, fc, t0) }, "", "eu-central-1.a@0"},
-		{"a polls again soon", func() error { return a.Claim(ctx, fc, t0.Add(10*time.Minute)) }, "", "eu-central-1.a@0"},
-		{"a polls an hour later", func() error { return a.Claim(ctx, fc, t0.Add(2*time.Hour)) }, "", "eu-central-1.a@7200"},
-		{"b checks", func() error { return b.Check(ctx, fc, t0.Add(3*time.Hour)) }, "another deployment (eu-central-1.a", "eu-central-1.a@7200"},
-		{"b claims", func() error { return b.Claim(ctx, fc, t0.Add(3*time.Hour)) }, "CLUSTER_NAME=prod", "eu-central-1.a@7200"},
-		{"b of another cluster claims", func() error { return Deployment{Cluster: "staging", ID: b.ID}.Claim(ctx, fc, t0) }, "", "eu-central-1.a@7200"},
-		{"b claims after MarkerTTL", func() error { return b.Claim(ctx, fc, t0.Add(2*time.Hour+MarkerTTL+time.Minute)) }, "", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
-		{"a is refused", func() error { return a.Claim(ctx, fc, t0.Add(2*time.Hour+MarkerTTL+2*time.Minute)) }, "another deployment (eu-central-1.b", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
-		{"no identity checks nothing", func() error { return Deployment{Cluster: "prod"}.Claim(ctx, fc, t0) }, "", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
+		{"a checks: no marker", func() error { return a.Check(ctx, w.api, t0) }, "", "none"},
+		{"a claims", func() error { return a.Claim(ctx, w.api, t0) }, "", "eu-central-1.a@0"},
+		{"a polls again soon", func() error { return a.Claim(ctx, w.api, t0.Add(10*time.Minute)) }, "", "eu-central-1.a@0"},
+		{"a polls an hour later", func() error { return a.Claim(ctx, w.api, t0.Add(2*time.Hour)) }, "", "eu-central-1.a@7200"},
+		{"b checks", func() error { return b.Check(ctx, w.api, t0.Add(3*time.Hour)) }, "another deployment (eu-central-1.a", "eu-central-1.a@7200"},
+		{"b claims", func() error { return b.Claim(ctx, w.api, t0.Add(3*time.Hour)) }, "CLUSTER_NAME=prod", "eu-central-1.a@7200"},
+		{"b of another cluster claims", func() error { return Deployment{Cluster: "staging", ID: b.ID}.Claim(ctx, w.api, t0) }, "", "eu-central-1.a@7200"},
+		{"b claims after MarkerTTL", func() error { return b.Claim(ctx, w.api, t0.Add(2*time.Hour+MarkerTTL+time.Minute)) }, "", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
+		{"a is refused", func() error { return a.Claim(ctx, w.api, t0.Add(2*time.Hour+MarkerTTL+2*time.Minute)) }, "another deployment (eu-central-1.b", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
+		{"no identity checks nothing", func() error { return Deployment{Cluster: "prod"}.Claim(ctx, w.api, t0) }, "", "eu-central-1.b@" + strconv.Itoa(7200+int(MarkerTTL/time.Second)+60)},
 	}
 	for _, s := range steps {
 		err := s.do()
@@ -78,13 +76,13 @@ func TestMarker(t *testing.T) {
 			t.Errorf("%s: marker %s, want %s", s.what, got, s.want)
 		}
 	}
-	if _, keys, _ := fc.counts(); keys != 2 {
+	if _, keys, _ := w.counts(); keys != 2 {
 		t.Errorf("%d keys, want the markers of prod and staging", keys)
 	}
 	// Someone's key of the marker's name is not taken for a marker.
-	fc = newFakeCloud()
-	fc.CreateSSHKey(ctx, a.MarkerName(), "ssh-ed25519 AAAA", map[string]string{"owner": "alice"})
-	if err := a.Claim(ctx, fc, t0); err == nil || !strings.Contains(err.Error(), "is not the image builder's marker") {
+	w = newWorld(t)
+	w.createKey(a.MarkerName(), map[string]string{"owner": "alice"})
+	if err := a.Claim(ctx, w.api, t0); err == nil || !strings.Contains(err.Error(), "is not the image builder's marker") {
 		t.Errorf("a foreign key of the marker's name: %v", err)
 	}
 }
@@ -93,22 +91,22 @@ func TestMarker(t *testing.T) {
 // cluster, the Builder acts on nothing, not even a build under way.
 func TestBuilderRefusesOtherDeployment(t *testing.T) {
 	ctx := context.Background()
-	fc := newFakeCloud()
-	if err := (Deployment{ID: "eu-central-1.other"}).Claim(ctx, fc, time.Now()); err != nil {
+	w := newWorld(t)
+	if err := (Deployment{ID: "eu-central-1.other"}).Claim(ctx, w.api, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	labels := target.targetLabels("")
 	labels[label.Role], labels[label.Step] = label.RoleBuildServer, string(StepInstall)
-	fc.CreateServer(ctx, cloudOpts(labels)) // the other's build under way
-	before := len(mutating(fc.callLog()))
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{Deployment: "eu-central-1.me"})
+	w.createServer(labels) // the other's build under way
+	before := len(mutating(w.cloud.callLog()))
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{Deployment: "eu-central-1.me"})
 	for _, tg := range []Target{target, {Version: "v1.12.5", Arch: "arm64", Schematic: target.Schematic}} {
 		res := b.Build(ctx, tg, Request{})
 		if res.State != Failed || !strings.Contains(res.Error, "refusing to act: another deployment (eu-central-1.other") {
 			t.Errorf("%s: %+v", tg, res)
 		}
 	}
-	if m := mutating(fc.callLog())[before:]; len(m) != 0 {
+	if m := mutating(w.cloud.callLog())[before:]; len(m) != 0 {
 		t.Errorf("the refused Builder changed the project: %v", m)
 	}
 }
@@ -122,43 +120,42 @@ func TestForeignIsNotAdopted(t *testing.T) {
 	other[label.Role], other[label.Step] = label.RoleBuildServer, string(StepInstall)
 	for _, tt := range []struct {
 		name  string
-		setup func(fc *fakeCloud)
+		setup func(w *world)
 		err   string
 	}{
-		{"another cluster's server of the name", func(fc *fakeCloud) {
-			fc.CreateServer(ctx, cloudOpts(other))
+		{"another cluster's server of the name", func(w *world) {
+			w.createServer(other)
 		}, "server " + target.Name("") + " is not this deployment's build of v1.13.9/amd64/ce4c9805 (cluster staging"},
-		{"an unmanaged server of the name", func(fc *fakeCloud) {
-			fc.CreateServer(ctx, cloudOpts(map[string]string{"app": "web"}))
+		{"an unmanaged server of the name", func(w *world) {
+			w.createServer(map[string]string{"app": "web"})
 		}, "(cluster (none), hcloud-k8s.io/managed-by=\"\""},
-		{"a server of the name appears before the create", func(fc *fakeCloud) {
-			fc.afterCall = func(name string) {
-				if name == "ServerTypes" {
-					id := fc.id()
-					fc.servers[id] = &hcloud.Server{ID: id, Name: target.Name(""), Labels: other}
+		{"a server of the name appears before the create", func(w *world) {
+			w.cloud.hook = func(call string) {
+				if call == "CreateServer" {
+					w.createServer(other)
 				}
 			}
 		}, "adopt server " + target.Name("") + ": server " + target.Name("") + " is not this deployment's"},
-		{"someone's SSH key of the name", func(fc *fakeCloud) {
-			fc.CreateSSHKey(ctx, target.Name(""), "ssh-ed25519 AAAA", map[string]string{"owner": "alice"})
+		{"someone's SSH key of the name", func(w *world) {
+			w.createKey(target.Name(""), map[string]string{"owner": "alice"})
 		}, "SSH key " + target.Name("") + " is not this deployment's build"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
-			tt.setup(fc)
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+			w := newWorld(t)
+			tt.setup(w)
+			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 			res := b.Build(ctx, target, Request{})
 			if res.State != Failed || !strings.Contains(res.Error, tt.err) {
 				t.Fatalf("result %+v, want failed with %q", res, tt.err)
 			}
 			// The foreign one stays, nothing else is left.
-			servers, keys, _ := fc.counts()
+			servers, keys, _ := w.counts()
 			if servers+keys != 1 {
 				t.Errorf("%d servers, %d keys, want the foreign one alone", servers, keys)
 			}
-			for _, c := range fc.callLog() {
+			for _, c := range w.cloud.callLog() {
 				if c == "DeleteServer" || strings.HasPrefix(c, "SetServerLabels") || c == "EnableRescue" || c == "CreateSSHKey:failure" {
-					t.Errorf("acted on the foreign server: %v", fc.callLog())
+					t.Errorf("acted on the foreign server: %v", w.cloud.callLog())
 				}
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
@@ -151,10 +153,13 @@ func failingRemote() *fakeRemote {
 // forced request (not Lambda's retry of the failed one) overrides and
 // clears the record, and a success leaves none.
 func TestDeterministicFailureBacksOff(t *testing.T) {
-	fc := newFakeCloud()
+	w := newWorld(t)
 	remote := failingRemote()
 	clock := time.Now()
-	b := testBuilder(fc, remote, nil, Options{Failures: FailurePolicy{Backoff: time.Hour, Limit: 2, Config: "c1"}})
+	// The clock runs up to 1000 hours ahead of the cloud's, which dates the
+	// snapshots: none is to time out by that.
+	b := testBuilder(w, remote, nil, Options{Failures: FailurePolicy{Backoff: time.Hour, Limit: 2, Config: "c1"},
+		SnapshotTimeout: 2000 * time.Hour})
 	b.now = func() time.Time { return clock }
 	owner := "req-1"
 	b.owner = func(context.Context) string { return owner }
@@ -164,23 +169,23 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 	if res.State != Failed || res.Code != "download" || res.Step != StepInstall {
 		t.Fatalf("first build: %+v", res)
 	}
-	rec, ok := fc.record(target)
+	rec, ok := w.record(target)
 	if !ok || rec.Failures != 1 || rec.Code != "download" || rec.Step != StepInstall || !rec.Next.Equal(clock.Add(time.Hour).Truncate(time.Second)) ||
 		rec.Request != "req-1" || rec.Config != "c1" {
 		t.Fatalf("record after the first failure: %+v (found %v)", rec, ok)
 	}
 
 	// Within the backoff: refused, nothing created, nothing counted.
-	creates := len(fc.creates)
+	creates := len(w.cloud.createLog())
 	clock = clock.Add(30 * time.Minute)
 	owner = "req-2"
 	if res = build(false); res.State != Failed || res.Code != "backed-off" || !strings.Contains(res.Error, "send force:true") {
 		t.Errorf("build within the backoff: %+v", res)
 	}
-	if len(fc.creates) != creates {
+	if len(w.cloud.createLog()) != creates {
 		t.Error("a held target got a server")
 	}
-	if rec, _ := fc.record(target); rec.Failures != 1 {
+	if rec, _ := w.record(target); rec.Failures != 1 {
 		t.Errorf("a refusal was counted: %d failures", rec.Failures)
 	}
 
@@ -190,7 +195,7 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 	if res = build(false); res.State != Failed || res.Code != "download" {
 		t.Fatalf("build after the backoff: %+v", res)
 	}
-	rec, _ = fc.record(target)
+	rec, _ = w.record(target)
 	if rec.Failures != 2 || !b.opts.Failures.Parked(rec) {
 		t.Fatalf("record after the second failure: %+v", rec)
 	}
@@ -206,7 +211,7 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 	if res = build(true); res.State != Failed || res.Code != "download" {
 		t.Fatalf("forced build: %+v", res)
 	}
-	if rec, _ = fc.record(target); rec.Failures != 1 || rec.Request != "req-5" {
+	if rec, _ = w.record(target); rec.Failures != 1 || rec.Request != "req-5" {
 		t.Errorf("a forced build starts the count afresh: %+v", rec)
 	}
 	if res = build(true); res.Code != "backed-off" {
@@ -220,10 +225,10 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 	if res = build(true); res.State != Done {
 		t.Fatalf("forced build: %+v", res)
 	}
-	if _, ok := fc.record(target); ok {
+	if _, ok := w.record(target); ok {
 		t.Error("a success left the failure record")
 	}
-	if s, k, i := fc.counts(); s != 0 || k != 0 || i != 1 {
+	if s, k, i := w.counts(); s != 0 || k != 0 || i != 1 {
 		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 	}
 }
@@ -231,8 +236,8 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 // TestConfigChangeUnparks: a record made under another configuration does
 // not hold its target; its next failure counts from one.
 func TestConfigChangeUnparks(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, failingRemote(), nil, Options{Failures: FailurePolicy{Limit: 1, Config: "old"}})
+	w := newWorld(t)
+	b := testBuilder(w, failingRemote(), nil, Options{Failures: FailurePolicy{Limit: 1, Config: "old"}})
 	if res := b.Build(context.Background(), target, Request{}); res.Code != "download" {
 		t.Fatalf("first build: %+v", res)
 	}
@@ -243,7 +248,7 @@ func TestConfigChangeUnparks(t *testing.T) {
 	if res := b.Build(context.Background(), target, Request{}); res.Code != "download" {
 		t.Fatalf("build under the new configuration: %+v", res)
 	}
-	if rec, _ := fc.record(target); rec.Failures != 1 || rec.Config != "new" {
+	if rec, _ := w.record(target); rec.Failures != 1 || rec.Config != "new" {
 		t.Errorf("record: %+v", rec)
 	}
 }
@@ -252,26 +257,28 @@ func TestConfigChangeUnparks(t *testing.T) {
 // stops the build for Lambda to retry (a function error), keeps the server
 // and records nothing; the retry goes on from the checkpoint.
 func TestTransientFailureKeepsTheServer(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
-	fc.failOn["Boot"] = fmt.Errorf("power on: %w", hcloud.Error{Code: hcloud.ErrorCodeServerError, Message: "boom"})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
+	w.emu.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{
+		"POST /v1/servers/*/actions/poweron": {Status: http.StatusInternalServerError, Code: string(hcloud.ErrorCodeServerError), Message: "boom"},
+	}})
 	resp, err := b.HandlePayload(context.Background(), json.RawMessage(`{"version":"v1.13.9","arch":"amd64"}`))
 	var retry *RetryError
 	if !errors.As(err, &retry) || resp.Results[0].State != InProgress || resp.Results[0].Code != "api-server_error" {
 		t.Fatalf("response %+v, error %v", resp, err)
 	}
-	if s, _, _ := fc.counts(); s != 1 {
+	if s, _, _ := w.counts(); s != 1 {
 		t.Errorf("%d servers, want the build's kept", s)
 	}
-	if _, ok := fc.record(target); ok {
+	if _, ok := w.record(target); ok {
 		t.Error("a transient failure was recorded")
 	}
-	delete(fc.failOn, "Boot")
-	fc.calls = nil
+	w.emu.SetFaults(fakehcloud.Faults{})
+	w.cloud.resetCalls()
 	if resp, err = b.HandlePayload(context.Background(), json.RawMessage(`{"version":"v1.13.9","arch":"amd64"}`)); err != nil || resp.Results[0].State != Done {
 		t.Fatalf("the retry: %+v %v", resp, err)
 	}
-	if slices.Contains(fc.callLog(), "CreateServer") {
+	if slices.Contains(w.cloud.callLog(), "CreateServer") {
 		t.Error("the retry made a second server")
 	}
 }
@@ -280,8 +287,8 @@ func TestTransientFailureKeepsTheServer(t *testing.T) {
 // failure with the response (Lambda retries only function errors) and
 // keeps *FailedError for the command line.
 func TestFailedIsNoFunctionError(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, failingRemote(), nil, Options{})
+	w := newWorld(t)
+	b := testBuilder(w, failingRemote(), nil, Options{})
 	resp, err := b.HandlePayload(context.Background(), json.RawMessage(`{"version":"v1.13.9","arch":"amd64"}`))
 	if err != nil || len(resp.Results) != 1 || resp.Results[0].State != Failed || resp.Results[0].Code != "download" {
 		t.Fatalf("response %+v, error %v", resp, err)

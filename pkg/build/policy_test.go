@@ -3,23 +3,11 @@ package build
 import (
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/release"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
-
-// countingFactory counts the lookups of the factory it wraps.
-type countingFactory struct {
-	Factory
-	n atomic.Int64
-}
-
-func (f *countingFactory) Find(ctx context.Context, schematic, version, arch string) (talos.Image, error) {
-	f.n.Add(1)
-	return f.Factory.Find(ctx, schematic, version, arch)
-}
 
 func TestRequestsFollowThePolicy(t *testing.T) {
 	qga, vanilla := talos.QemuGuestAgentSchematic, talos.VanillaSchematic
@@ -54,10 +42,8 @@ func TestRequestsFollowThePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fc := newFakeCloud()
-			b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, tt.opts)
-			f := &countingFactory{Factory: b.factory}
-			b.factory = f
+			w := newWorld(t)
+			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, tt.opts)
 			ts, err := b.Targets(tt.req)
 			if tt.want == nil {
 				if err != nil || len(ts) == 0 {
@@ -78,10 +64,10 @@ func TestRequestsFollowThePolicy(t *testing.T) {
 			if err == nil || !strings.HasPrefix(err.Error(), "invalid request: ") || len(resp.Results) != 0 {
 				t.Errorf("Handle = %+v, %v; want the invalid request error", resp, err)
 			}
-			if calls := fc.callLog(); len(calls) != 0 {
+			if calls := w.cloud.callLog(); len(calls) != 0 {
 				t.Errorf("a refused request called the cloud: %v", calls)
 			}
-			if n := f.n.Load(); n != 0 {
+			if n := len(w.factory.Requests()); n != 0 {
 				t.Errorf("a refused request asked the factory %d times", n)
 			}
 		})
@@ -91,6 +77,7 @@ func TestRequestsFollowThePolicy(t *testing.T) {
 // TestPolicyIsThePollers checks that a request's version is accepted
 // exactly when the Poller's release policy could track it.
 func TestPolicyIsThePollers(t *testing.T) {
+	w := newWorld(t)
 	versions := []string{"v1.11.9", "v1.12.0-alpha.0", "v1.12.0-rc.1", "v1.12.0", "v1.12.1", "v1.13.9", "v1.14.0-beta.1", "v2.0.0"}
 	for _, min := range []string{"", "v1.12.0", "v1.12.0-rc.1"} {
 		for _, prereleases := range []bool{false, true} {
@@ -98,7 +85,7 @@ func TestPolicyIsThePollers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := testBuilder(newFakeCloud(), &fakeRemote{}, nil, Options{MinVersion: min, Prereleases: prereleases})
+			b := testBuilder(w, &fakeRemote{}, nil, Options{MinVersion: min, Prereleases: prereleases})
 			for _, v := range versions {
 				tv, err := talos.ParseVersion(v)
 				if err != nil {

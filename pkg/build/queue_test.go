@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 func TestQueueIsValidated(t *testing.T) {
-	b := testBuilder(newFakeCloud(), &fakeRemote{}, nil, Options{MinVersion: "v1.12.0"})
+	b := testBuilder(newWorld(t), &fakeRemote{}, nil, Options{MinVersion: "v1.12.0"})
 	qga := talos.QemuGuestAgentSchematic
 	long := make([]Next, MaxQueue+1)
 	for i := range long {
@@ -54,9 +55,9 @@ func TestQueueIsValidated(t *testing.T) {
 // queue is refused.
 func TestQueueHandsOn(t *testing.T) {
 	ctx := context.Background()
-	fc := newFakeCloud()
+	w := newWorld(t)
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{})
 	req := Request{Version: "v1.12.5", Arch: "amd64", Schematic: target.Schematic,
 		Queue: []Next{{Version: "v1.13.9"}, {Version: "v1.12.5", Force: true}}}
 	var versions []string
@@ -83,13 +84,13 @@ func TestQueueHandsOn(t *testing.T) {
 	if want := []string{"v1.12.5", "v1.13.9", "v1.12.5"}; !slices.Equal(versions, want) {
 		t.Errorf("built %v, want %v", versions, want)
 	}
-	if _, _, images := fc.counts(); images != 2 {
+	if _, _, images := w.counts(); images != 2 {
 		t.Errorf("%d snapshots, want v1.12.5 (rebuilt) and v1.13.9", images)
 	}
 	// The last build handed on a second time: found done, not rebuilt.
-	creates := len(fc.creates)
-	if resp, err := b.Handle(ctx, req); err != nil || resp.Results[0].State != Done || len(fc.creates) != creates {
-		t.Errorf("the forced build again: %+v, %v, %d servers created", resp, err, len(fc.creates)-creates)
+	creates := len(w.cloud.createLog())
+	if resp, err := b.Handle(ctx, req); err != nil || resp.Results[0].State != Done || len(w.cloud.createLog()) != creates {
+		t.Errorf("the forced build again: %+v, %v, %d servers created", resp, err, len(w.cloud.createLog())-creates)
 	}
 	// A queue cannot be added to, or changed in, a signed continuation.
 	for _, q := range [][]Next{{{Version: "v1.13.9"}}, nil} {
@@ -108,10 +109,10 @@ func TestQueueGoesOnOnlyFromADoneBuild(t *testing.T) {
 	ctx := context.Background()
 	queue := []Next{{Version: "v1.13.9"}}
 
-	fc := newFakeCloud()
-	fc.snapshotsReadyAfter = 1 << 30
+	w := newWorld(t)
+	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: time.Hour})
 	cont := &recordingContinuer{}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
 	req := Request{Version: "v1.12.5", Arch: "amd64", Schematic: target.Schematic, Queue: queue}
 	if resp, err := b.Handle(ctx, req); err != nil || resp.Results[0].State != InProgress || resp.Next != nil || len(cont.reqs) != 1 {
 		t.Fatalf("a build waiting for its snapshot: %+v, %v, continuations %+v", resp, err, cont.reqs)
@@ -121,15 +122,14 @@ func TestQueueGoesOnOnlyFromADoneBuild(t *testing.T) {
 	}
 
 	cont = &recordingContinuer{}
-	b = testBuilder(newFakeCloud(), &fakeRemote{table: talosTable}, cont, Options{})
+	b = testBuilder(newWorld(t), &fakeRemote{table: talosTable}, cont, Options{})
 	req = Request{Version: "v1.13.8", Arch: "amd64", Schematic: target.Schematic, Queue: queue} // not served
 	var failed *FailedError
 	if _, err := b.Handle(ctx, req); !errors.As(err, &failed) || len(cont.reqs) != 0 {
 		t.Errorf("a failed build: %v, continuations %+v", err, cont.reqs)
 	}
 
-	fc = newFakeCloud()
-	b = testBuilder(fc, &fakeRemote{table: talosTable}, failingContinuer{}, Options{})
+	b = testBuilder(newWorld(t), &fakeRemote{table: talosTable}, failingContinuer{}, Options{})
 	req = Request{Version: "v1.12.5", Arch: "amd64", Schematic: target.Schematic, Queue: queue}
 	resp, err := b.Handle(ctx, req)
 	if err == nil || !strings.Contains(err.Error(), "build to be retried: v1.12.5/amd64/ce4c9805 is done, but starting the next build of its queue, v1.13.9, failed") ||
@@ -145,15 +145,15 @@ func (failingContinuer) Continue(context.Context, Request) error { return errors
 // TestRunUntilDoneFollowsTheQueue: outside Lambda the queue is built in
 // this process, in order.
 func TestRunUntilDoneFollowsTheQueue(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	resp, err := b.RunUntilDone(context.Background(), Request{Version: "v1.12.5", Arch: "arm64", Schematic: target.Schematic,
 		Queue: []Next{{Version: "v1.13.9"}}})
 	if err != nil || len(resp.Results) != 2 || resp.Results[0].Version != "v1.12.5" || resp.Results[1].Version != "v1.13.9" ||
 		resp.Results[1].State != Done {
 		t.Fatalf("%+v, %v", resp, err)
 	}
-	if _, _, images := fc.counts(); images != 2 {
+	if _, _, images := w.counts(); images != 2 {
 		t.Errorf("%d snapshots, want 2", images)
 	}
 }
@@ -173,7 +173,7 @@ func TestCustomizationResolvedWhenNeeded(t *testing.T) {
 	ctx := context.Background()
 	custom := strings.Repeat("c", 64)
 	newBuilder := func(r resolver) *Builder {
-		b := testBuilder(newFakeCloud(), &fakeRemote{table: talosTable}, nil, Options{})
+		b := testBuilder(newWorld(t), &fakeRemote{table: talosTable}, nil, Options{})
 		b.resolver = r
 		return b
 	}

@@ -7,17 +7,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 )
 
+// TestPlanServers plans on the catalog the API lists (FACTS.md: 40 GB x86
+// cx23 in the EU and cpx11 in the US, deprecated in the EU; 80 GB cpx22;
+// 40 GB arm cax11, 80 GB cax21), and on catalogs changed from it.
 func TestPlanServers(t *testing.T) {
+	listed := newWorld(t).catalog()
 	deprecatedSmall := serverType("cx11", hcloud.ArchitectureX86, 20, nil)
 	deprecatedSmall.Deprecation = &hcloud.DeprecationInfo{Announced: time.Now().Add(-time.Hour), UnavailableAfter: time.Now().Add(time.Hour)}
 	goneEverywhere := serverType("cx12", hcloud.ArchitectureX86, 20, locations([]string{"fsn1"},
 		&hcloud.DeprecationInfo{Announced: time.Now().Add(-time.Hour), UnavailableAfter: time.Now().Add(time.Hour)}))
 	tests := []struct {
 		name       string
-		catalog    []*hcloud.ServerType // default catalog()
+		catalog    func() []*hcloud.ServerType // default: listed
 		arch       string
 		configured []string
 		types      []string
@@ -37,16 +42,19 @@ func TestPlanServers(t *testing.T) {
 			err: "no configured server type builds arm64 snapshots on the smallest disk (40 GB, e.g. cax11) that every arm server can use: " +
 				"cax21: 80 GB disk, bigger than the smallest arm disk (40 GB); cx22: unknown to the Hetzner API; set SERVER_TYPES_ARM64"},
 		{name: "deprecated types do not set the smallest disk", arch: "amd64",
-			catalog:    append(catalog(), deprecatedSmall, goneEverywhere),
+			catalog:    func() []*hcloud.ServerType { return append(slices.Clone(listed), deprecatedSmall, goneEverywhere) },
 			configured: []string{"cx23", "cx11"}, types: []string{"cx23", "cx11"}},
-		{name: "no type of the architecture", arch: "arm64", catalog: catalog()[:3], configured: []string{"cax11"},
+		{name: "no type of the architecture", arch: "arm64", configured: []string{"cax11"},
+			catalog: func() []*hcloud.ServerType {
+				return slices.DeleteFunc(slices.Clone(listed), func(st *hcloud.ServerType) bool { return st.Architecture != hcloud.ArchitectureX86 })
+			},
 			err: "the Hetzner API lists no arm server type that is not deprecated"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cat := tt.catalog
-			if cat == nil {
-				cat = catalog()
+			cat := listed
+			if tt.catalog != nil {
+				cat = tt.catalog()
 			}
 			p, err := planServers(cat, tt.arch, tt.configured)
 			if tt.err != "" {
@@ -72,15 +80,17 @@ func TestPlanServers(t *testing.T) {
 }
 
 func TestSold(t *testing.T) {
-	cpx11 := catalog()[1]
+	listed := newWorld(t).catalog()
+	cpx11 := listed[slices.IndexFunc(listed, func(st *hcloud.ServerType) bool { return st.Name == "cpx11" })]
 	for loc, want := range map[string]bool{"ash": true, "hil": true, "fsn1": false, "sin": false} {
 		if got := sold(cpx11, loc, time.Now()); got != want {
 			t.Errorf("cpx11 sold in %s = %v, want %v", loc, got, want)
 		}
 	}
 	// Deprecated but before unavailable_after: still sold.
-	if !sold(cpx11, "fsn1", time.Now().Add(-7*24*time.Hour)) {
-		t.Error("cpx11 not sold in fsn1 a week ago")
+	fsn1 := cpx11.Locations[slices.IndexFunc(cpx11.Locations, func(l hcloud.ServerTypeLocation) bool { return l.Location.Name == "fsn1" })]
+	if !fsn1.IsDeprecated() || !sold(cpx11, "fsn1", fsn1.UnavailableAfter().Add(-7*24*time.Hour)) {
+		t.Error("cpx11 not sold in fsn1 a week before it became unavailable there")
 	}
 	if !sold(serverType("cx99", hcloud.ArchitectureX86, 40, nil), "fsn1", time.Now()) {
 		t.Error("a type without per-location data is not tried")
@@ -90,16 +100,16 @@ func TestSold(t *testing.T) {
 // TestNoUsableTypeCreatesNoServer: configured types that would all make
 // snapshots with a bigger disk fail the build before any server exists.
 func TestNoUsableTypeCreatesNoServer(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"arm64": {"cax21"}}})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"arm64": {"cax21"}}})
 	res := b.Build(context.Background(), Target{Version: "v1.13.9", Arch: "arm64", Schematic: target.Schematic}, Request{})
 	if res.State != Failed || res.Step != StepServer || !strings.Contains(res.Error, "cax21: 80 GB disk") {
 		t.Errorf("result = %+v", res)
 	}
-	if len(fc.creates) != 0 {
-		t.Errorf("servers created: %+v", fc.creates)
+	if creates := w.cloud.createLog(); len(creates) != 0 {
+		t.Errorf("servers created: %+v", creates)
 	}
-	if s, k, i := fc.counts(); s+k+i != 0 {
+	if s, k, i := w.counts(); s+k+i != 0 {
 		t.Errorf("left %d servers, %d keys, %d images", s, k, i)
 	}
 }
@@ -107,19 +117,19 @@ func TestNoUsableTypeCreatesNoServer(t *testing.T) {
 // TestServerLimitIsAClearFailure: the project's quota fails the build at
 // once, naming the limit: no retry, no other location or type.
 func TestServerLimitIsAClearFailure(t *testing.T) {
-	fc := newFakeCloud()
-	fc.failOn["CreateServer"] = hcloud.Error{Code: hcloud.ErrorCodeResourceLimitExceeded, Message: "server limit exceeded"}
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"amd64": {"cx23", "cpx11"}},
+	w := newWorld(t)
+	w.emu.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{"POST /v1/servers": fakehcloud.FaultServerLimitExceeded}})
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"amd64": {"cx23", "cpx11"}},
 		Locations: []string{"fsn1", "nbg1", "ash"}})
 	res := b.Build(context.Background(), target, Request{})
 	if res.State != Failed || !strings.HasPrefix(res.Error, "the project's server limit is reached") ||
 		!strings.Contains(res.Error, "server limit exceeded") {
 		t.Errorf("result = %+v", res)
 	}
-	if len(fc.creates) != 1 {
-		t.Errorf("%d creates, want 1: %+v", len(fc.creates), fc.creates)
+	if creates := w.cloud.createLog(); len(creates) != 1 {
+		t.Errorf("%d creates, want 1: %+v", len(creates), creates)
 	}
-	if s, k, _ := fc.counts(); s != 0 || k != 0 {
+	if s, k, _ := w.counts(); s != 0 || k != 0 {
 		t.Errorf("left %d servers, %d keys", s, k)
 	}
 }
@@ -127,16 +137,34 @@ func TestServerLimitIsAClearFailure(t *testing.T) {
 // TestServerIsCreatedWithTheLeaseKey: a key at create keeps Hetzner from
 // mailing a root password; the lease key is the build's.
 func TestServerIsCreatedWithTheLeaseKey(t *testing.T) {
-	fc := newFakeCloud()
-	b := testBuilder(fc, &fakeRemote{table: talosTable}, nil, Options{ServerImage: "ubuntu-24.04"})
+	w := newWorld(t)
+	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerImage: "ubuntu-24.04"})
 	if res := b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("result = %+v", res)
 	}
-	if len(fc.creates) != 1 {
-		t.Fatalf("creates = %+v", fc.creates)
+	creates := w.cloud.createLog()
+	if len(creates) != 1 {
+		t.Fatalf("creates = %+v", creates)
 	}
-	c := fc.creates[0]
+	c := creates[0]
 	if len(c.SSHKeys) != 1 || c.SSHKeys[0].Name != target.Name("") || c.SSHKeys[0].ID == 0 || c.Image != "ubuntu-24.04" {
 		t.Errorf("created with keys %+v, image %s; want the lease key and the configured image", c.SSHKeys, c.Image)
 	}
+	if n := w.emu.RootPasswords(); n != 0 {
+		t.Errorf("%d root passwords mailed", n)
+	}
+}
+
+// serverType and locations make the server types the API does not list.
+func serverType(name string, arch hcloud.Architecture, disk int, locs []hcloud.ServerTypeLocation) *hcloud.ServerType {
+	return &hcloud.ServerType{Name: name, Architecture: arch, Disk: disk, Locations: locs}
+}
+
+func locations(names []string, deprecation *hcloud.DeprecationInfo) []hcloud.ServerTypeLocation {
+	var out []hcloud.ServerTypeLocation
+	for _, n := range names {
+		out = append(out, hcloud.ServerTypeLocation{Location: &hcloud.Location{Name: n}, Available: deprecation == nil,
+			DeprecatableResource: hcloud.DeprecatableResource{Deprecation: deprecation}})
+	}
+	return out
 }
