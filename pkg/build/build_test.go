@@ -61,7 +61,7 @@ func TestName(t *testing.T) {
 }
 
 func TestLabelsAreValid(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	for _, v := range []string{"v1.13.9", "v1.14.0-beta.1", "v10.200.3000-rc.1.very-long-prerelease-identifier.with.x"} {
 		for _, a := range talos.Architectures {
 			for _, cluster := range []string{"", "prod-1"} {
@@ -133,7 +133,7 @@ func TestParseRequest(t *testing.T) {
 }
 
 func TestTargets(t *testing.T) {
-	b := testBuilder(newWorld(t), &fakeRemote{}, nil, Options{
+	b := testBuilder(newLocalCloud(t), &fakeRemote{}, nil, Options{
 		Architectures: []string{"amd64"}, Schematics: []string{talos.VanillaSchematic, talos.QemuGuestAgentSchematic}})
 	tests := []struct {
 		req  Request
@@ -178,7 +178,7 @@ func mutating(calls []string) []string {
 }
 
 func TestHappyPathAndNoOp(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	remote := &fakeRemote{table: talosTable}
 	b := testBuilder(w, remote, nil, Options{})
 	res := b.Build(context.Background(), target, Request{})
@@ -213,7 +213,7 @@ func TestHappyPathAndNoOp(t *testing.T) {
 }
 
 func TestNotServedByFactoryCreatesNothing(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	resp, err := b.Handle(context.Background(), Request{Version: "v9.9.9"})
 	var failed *FailedError
@@ -273,7 +273,7 @@ func TestResume(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Hour})
 			labels := target.targetLabels("")
 			labels[label.Role], labels[label.Step] = label.RoleBuildServer, tt.step
@@ -334,7 +334,7 @@ func TestLease(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{LeaseTTL: 3 * time.Second, StepTimeout: time.Second, InstallTimeout: 5 * time.Second})
 			labels := target.targetLabels("")
 			labels[label.Role] = label.RoleLease
@@ -403,7 +403,7 @@ func TestCapacity(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			var full []fakehcloud.Placement
 			for _, f := range tt.full {
 				typ, loc, _ := strings.Cut(f, "/")
@@ -434,7 +434,7 @@ func TestCapacity(t *testing.T) {
 }
 
 func TestContinuesWhenShortOfTime(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: 55 * time.Second})
 	// Creating the server takes 10 s of the invocation's minute: the install
@@ -472,7 +472,7 @@ func TestContinuesWhenShortOfTime(t *testing.T) {
 // a step fails, naming both, instead of handing over forever; before the
 // server exists, it creates nothing.
 func TestFunctionTimeoutTooShort(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: time.Second, InstallTimeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
@@ -489,7 +489,7 @@ func TestFunctionTimeoutTooShort(t *testing.T) {
 // TestIdleHopsAreBounded: invocations that hand over without progress are
 // counted in the signed continuation, and the build fails after a few.
 func TestIdleHopsAreBounded(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{StepTimeout: 2 * time.Second, InstallTimeout: 10 * time.Second})
 	labels := target.targetLabels("")
@@ -524,7 +524,7 @@ func TestIdleHopsAreBounded(t *testing.T) {
 
 func TestWaitHandsOver(t *testing.T) {
 	t.Parallel() // it waits for a slow snapshot
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: slowSnapshot})
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
@@ -564,7 +564,7 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			res := testBuilder(w, tt.remote, nil, Options{}).Build(context.Background(), target, Request{})
 			if res.State != Failed || res.Step != StepInstall || !strings.Contains(res.Error, tt.err) || res.Code != tt.code {
 				t.Errorf("result = %+v", res)
@@ -581,7 +581,7 @@ func TestFailedInstallLeavesNothing(t *testing.T) {
 
 func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 	t.Parallel() // it waits for a slow snapshot
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotWait: 20 * time.Millisecond})
 	first := b.Build(context.Background(), target, Request{})
 	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: slowSnapshot})
@@ -605,7 +605,7 @@ func TestForceReplacesOnlyWhenTheNewOneIsAvailable(t *testing.T) {
 // TestBuildFinishedWhileTakingTheLease: the server seen at the check is gone
 // once the lease is ours, because its holder finished: done, nothing new.
 func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	first := b.Build(context.Background(), target, Request{})
 	labels := target.targetLabels("")
@@ -640,7 +640,7 @@ func TestBuildFinishedWhileTakingTheLease(t *testing.T) {
 // target selects on, and a later look deletes it.
 func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 	t.Parallel() // it waits for a slow snapshot
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{SnapshotTimeout: time.Minute})
 	labels := target.targetLabels("")
 	labels[label.Role], labels[label.Step] = label.RoleBuildServer, "wait"
@@ -683,7 +683,7 @@ func TestFailedSnapshotThatCannotBeDeleted(t *testing.T) {
 // duplicate of the request finished the build before this invocation got
 // the lease: the check after taking it finds the snapshot; nothing is built.
 func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	lookups := 0
 	var made int64
@@ -708,7 +708,7 @@ func TestSnapshotMadeWhileTakingTheLease(t *testing.T) {
 // request and blocks meanwhile; a check that times out on it creates
 // nothing and asks Lambda to retry (a function error), not to fail for good.
 func TestImageBeingBuiltIsRetried(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	building := newFactory(t, fakefactory.Options{Versions: []string{"v1.13.9"}, BuildDelay: time.Minute})
 	b.factory = &talos.Factory{BaseURL: building.URL(), HeadTimeout: 50 * time.Millisecond}
@@ -726,7 +726,7 @@ func TestImageBeingBuiltIsRetried(t *testing.T) {
 // server that took the name is gone by the lookup: nothing to adopt, and the
 // request is to be retried (a function error), not recorded as a failure.
 func TestNameTakenButServerGone(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	// Another invocation's server takes the name just before the create,
 	// and its cleanup deletes it just before the lookup that follows.
 	var taken *hcloud.Server

@@ -36,7 +36,7 @@ func TestDeploymentID(t *testing.T) {
 // MarkerTTL, and then takes over; other clusters are not concerned.
 func TestMarker(t *testing.T) {
 	ctx := context.Background()
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	t0 := time.Now()
 	a := Deployment{Cluster: "prod", ID: "eu-central-1.a"}
 	b := Deployment{Cluster: "prod", ID: "eu-central-1.b"}
@@ -80,7 +80,7 @@ func TestMarker(t *testing.T) {
 		t.Errorf("%d keys, want the markers of prod and staging", keys)
 	}
 	// Someone's key of the marker's name is not taken for a marker.
-	w = newWorld(t)
+	w = newLocalCloud(t)
 	w.createKey(a.MarkerName(), map[string]string{"owner": "alice"})
 	if err := a.Claim(ctx, w.api, t0); err == nil || !strings.Contains(err.Error(), "is not the image builder's marker") {
 		t.Errorf("a foreign key of the marker's name: %v", err)
@@ -91,7 +91,7 @@ func TestMarker(t *testing.T) {
 // cluster, the Builder acts on nothing, not even a build under way.
 func TestBuilderRefusesOtherDeployment(t *testing.T) {
 	ctx := context.Background()
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	if err := (Deployment{ID: "eu-central-1.other"}).Claim(ctx, w.api, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -120,28 +120,28 @@ func TestForeignIsNotAdopted(t *testing.T) {
 	other[label.Role], other[label.Step] = label.RoleBuildServer, string(StepInstall)
 	for _, tt := range []struct {
 		name  string
-		setup func(w *world)
+		setup func(w *localCloud)
 		err   string
 	}{
-		{"another cluster's server of the name", func(w *world) {
+		{"another cluster's server of the name", func(w *localCloud) {
 			w.createServer(other)
 		}, "server " + target.Name("") + " is not this deployment's build of v1.13.9/amd64/ce4c9805 (cluster staging"},
-		{"an unmanaged server of the name", func(w *world) {
+		{"an unmanaged server of the name", func(w *localCloud) {
 			w.createServer(map[string]string{"app": "web"})
 		}, "(cluster (none), hcloud-k8s.io/managed-by=\"\""},
-		{"a server of the name appears before the create", func(w *world) {
+		{"a server of the name appears before the create", func(w *localCloud) {
 			w.cloud.hook = func(call string) {
 				if call == "CreateServer" {
 					w.createServer(other)
 				}
 			}
 		}, "adopt server " + target.Name("") + ": server " + target.Name("") + " is not this deployment's"},
-		{"someone's SSH key of the name", func(w *world) {
+		{"someone's SSH key of the name", func(w *localCloud) {
 			w.createKey(target.Name(""), map[string]string{"owner": "alice"})
 		}, "SSH key " + target.Name("") + " is not this deployment's build"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			tt.setup(w)
 			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 			res := b.Build(ctx, target, Request{})

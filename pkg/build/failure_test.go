@@ -153,7 +153,7 @@ func failingRemote() *fakeRemote {
 // forced request (not Lambda's retry of the failed one) overrides and
 // clears the record, and a success leaves none.
 func TestDeterministicFailureBacksOff(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	remote := failingRemote()
 	clock := time.Now()
 	// The clock runs up to 1000 hours ahead of the cloud's, which dates the
@@ -236,7 +236,7 @@ func TestDeterministicFailureBacksOff(t *testing.T) {
 // TestConfigChangeUnparks: a record made under another configuration does
 // not hold its target; its next failure counts from one.
 func TestConfigChangeUnparks(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, failingRemote(), nil, Options{Failures: FailurePolicy{Limit: 1, Config: "old"}})
 	if res := b.Build(context.Background(), target, Request{}); res.Code != "download" {
 		t.Fatalf("first build: %+v", res)
@@ -257,7 +257,7 @@ func TestConfigChangeUnparks(t *testing.T) {
 // stops the build for Lambda to retry (a function error), keeps the server
 // and records nothing; the retry goes on from the checkpoint.
 func TestTransientFailureKeepsTheServer(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	w.emu.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{
 		"POST /v1/servers/*/actions/poweron": {Status: http.StatusInternalServerError, Code: string(hcloud.ErrorCodeServerError), Message: "boom"},
@@ -287,7 +287,7 @@ func TestTransientFailureKeepsTheServer(t *testing.T) {
 // failure with the response (Lambda retries only function errors) and
 // keeps *FailedError for the command line.
 func TestFailedIsNoFunctionError(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, failingRemote(), nil, Options{})
 	resp, err := b.HandlePayload(context.Background(), json.RawMessage(`{"version":"v1.13.9","arch":"amd64"}`))
 	if err != nil || len(resp.Results) != 1 || resp.Results[0].State != Failed || resp.Results[0].Code != "download" {

@@ -16,7 +16,7 @@ import (
 )
 
 // recorder is the Builder's Hetzner project in unit tests: the real client
-// against infra/fakehcloud (world_test.go), plus what the local world cannot
+// against infra/fakehcloud (localcloud_test.go), plus what the local world cannot
 // do itself: it records the calls in their order, and runs a hook before
 // each, through which a test acts as another invocation between two calls.
 type recorder struct {
@@ -27,7 +27,7 @@ type recorder struct {
 	creates []cloud.CreateServerOpts // what each CreateServer asked for
 	// hook, if set, runs before a call is made, once it is recorded, with
 	// the recorded name. It runs with the recorder locked: it acts through
-	// the world's own client, never the recorder.
+	// the localCloud's own client, never the recorder.
 	hook func(call string)
 }
 

@@ -42,7 +42,7 @@ func TestRequestsFollowThePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t)
+			w := newLocalCloud(t)
 			b := testBuilder(w, &fakeRemote{table: talosTable}, nil, tt.opts)
 			ts, err := b.Targets(tt.req)
 			if tt.want == nil {
@@ -77,7 +77,7 @@ func TestRequestsFollowThePolicy(t *testing.T) {
 // TestPolicyIsThePollers checks that a request's version is accepted
 // exactly when the Poller's release policy could track it.
 func TestPolicyIsThePollers(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	versions := []string{"v1.11.9", "v1.12.0-alpha.0", "v1.12.0-rc.1", "v1.12.0", "v1.12.1", "v1.13.9", "v1.14.0-beta.1", "v2.0.0"}
 	for _, min := range []string{"", "v1.12.0", "v1.12.0-rc.1"} {
 		for _, prereleases := range []bool{false, true} {

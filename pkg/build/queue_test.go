@@ -15,7 +15,7 @@ import (
 )
 
 func TestQueueIsValidated(t *testing.T) {
-	b := testBuilder(newWorld(t), &fakeRemote{}, nil, Options{MinVersion: "v1.12.0"})
+	b := testBuilder(newLocalCloud(t), &fakeRemote{}, nil, Options{MinVersion: "v1.12.0"})
 	qga := talos.QemuGuestAgentSchematic
 	long := make([]Next, MaxQueue+1)
 	for i := range long {
@@ -55,7 +55,7 @@ func TestQueueIsValidated(t *testing.T) {
 // queue is refused.
 func TestQueueHandsOn(t *testing.T) {
 	ctx := context.Background()
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{})
 	req := Request{Version: "v1.12.5", Arch: "amd64", Schematic: target.Schematic,
@@ -109,7 +109,7 @@ func TestQueueGoesOnOnlyFromADoneBuild(t *testing.T) {
 	ctx := context.Background()
 	queue := []Next{{Version: "v1.13.9"}}
 
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	w.emu.SetFaults(fakehcloud.Faults{SlowImages: 1, SlowImageFor: time.Hour})
 	cont := &recordingContinuer{}
 	b := testBuilder(w, &fakeRemote{table: talosTable}, cont, Options{SnapshotWait: 20 * time.Millisecond})
@@ -122,14 +122,14 @@ func TestQueueGoesOnOnlyFromADoneBuild(t *testing.T) {
 	}
 
 	cont = &recordingContinuer{}
-	b = testBuilder(newWorld(t), &fakeRemote{table: talosTable}, cont, Options{})
+	b = testBuilder(newLocalCloud(t), &fakeRemote{table: talosTable}, cont, Options{})
 	req = Request{Version: "v1.13.8", Arch: "amd64", Schematic: target.Schematic, Queue: queue} // not served
 	var failed *FailedError
 	if _, err := b.Handle(ctx, req); !errors.As(err, &failed) || len(cont.reqs) != 0 {
 		t.Errorf("a failed build: %v, continuations %+v", err, cont.reqs)
 	}
 
-	b = testBuilder(newWorld(t), &fakeRemote{table: talosTable}, failingContinuer{}, Options{})
+	b = testBuilder(newLocalCloud(t), &fakeRemote{table: talosTable}, failingContinuer{}, Options{})
 	req = Request{Version: "v1.12.5", Arch: "amd64", Schematic: target.Schematic, Queue: queue}
 	resp, err := b.Handle(ctx, req)
 	if err == nil || !strings.Contains(err.Error(), "build to be retried: v1.12.5/amd64/ce4c9805 is done, but starting the next build of its queue, v1.13.9, failed") ||
@@ -145,7 +145,7 @@ func (failingContinuer) Continue(context.Context, Request) error { return errors
 // TestRunUntilDoneFollowsTheQueue: outside Lambda the queue is built in
 // this process, in order.
 func TestRunUntilDoneFollowsTheQueue(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{})
 	resp, err := b.RunUntilDone(context.Background(), Request{Version: "v1.12.5", Arch: "arm64", Schematic: target.Schematic,
 		Queue: []Next{{Version: "v1.13.9"}}})
@@ -173,7 +173,7 @@ func TestCustomizationResolvedWhenNeeded(t *testing.T) {
 	ctx := context.Background()
 	custom := strings.Repeat("c", 64)
 	newBuilder := func(r resolver) *Builder {
-		b := testBuilder(newWorld(t), &fakeRemote{table: talosTable}, nil, Options{})
+		b := testBuilder(newLocalCloud(t), &fakeRemote{table: talosTable}, nil, Options{})
 		b.resolver = r
 		return b
 	}

@@ -15,7 +15,7 @@ import (
 // cx23 in the EU and cpx11 in the US, deprecated in the EU; 80 GB cpx22;
 // 40 GB arm cax11, 80 GB cax21), and on catalogs changed from it.
 func TestPlanServers(t *testing.T) {
-	listed := newWorld(t).catalog()
+	listed := newLocalCloud(t).catalog()
 	deprecatedSmall := serverType("cx11", hcloud.ArchitectureX86, 20, nil)
 	deprecatedSmall.Deprecation = &hcloud.DeprecationInfo{Announced: time.Now().Add(-time.Hour), UnavailableAfter: time.Now().Add(time.Hour)}
 	goneEverywhere := serverType("cx12", hcloud.ArchitectureX86, 20, locations([]string{"fsn1"},
@@ -80,7 +80,7 @@ func TestPlanServers(t *testing.T) {
 }
 
 func TestSold(t *testing.T) {
-	listed := newWorld(t).catalog()
+	listed := newLocalCloud(t).catalog()
 	cpx11 := listed[slices.IndexFunc(listed, func(st *hcloud.ServerType) bool { return st.Name == "cpx11" })]
 	for loc, want := range map[string]bool{"ash": true, "hil": true, "fsn1": false, "sin": false} {
 		if got := sold(cpx11, loc, time.Now()); got != want {
@@ -100,7 +100,7 @@ func TestSold(t *testing.T) {
 // TestNoUsableTypeCreatesNoServer: configured types that would all make
 // snapshots with a bigger disk fail the build before any server exists.
 func TestNoUsableTypeCreatesNoServer(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"arm64": {"cax21"}}})
 	res := b.Build(context.Background(), Target{Version: "v1.13.9", Arch: "arm64", Schematic: target.Schematic}, Request{})
 	if res.State != Failed || res.Step != StepServer || !strings.Contains(res.Error, "cax21: 80 GB disk") {
@@ -117,7 +117,7 @@ func TestNoUsableTypeCreatesNoServer(t *testing.T) {
 // TestServerLimitIsAClearFailure: the project's quota fails the build at
 // once, naming the limit: no retry, no other location or type.
 func TestServerLimitIsAClearFailure(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	w.emu.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{"POST /v1/servers": fakehcloud.FaultServerLimitExceeded}})
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerTypes: map[string][]string{"amd64": {"cx23", "cpx11"}},
 		Locations: []string{"fsn1", "nbg1", "ash"}})
@@ -137,7 +137,7 @@ func TestServerLimitIsAClearFailure(t *testing.T) {
 // TestServerIsCreatedWithTheLeaseKey: a key at create keeps Hetzner from
 // mailing a root password; the lease key is the build's.
 func TestServerIsCreatedWithTheLeaseKey(t *testing.T) {
-	w := newWorld(t)
+	w := newLocalCloud(t)
 	b := testBuilder(w, &fakeRemote{table: talosTable}, nil, Options{ServerImage: "ubuntu-24.04"})
 	if res := b.Build(context.Background(), target, Request{}); res.State != Done {
 		t.Fatalf("result = %+v", res)

@@ -18,10 +18,10 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
-// world is where a Builder unit test builds: the local Hetzner API
+// localCloud is where a Builder unit test builds: the local Hetzner API
 // (infra/fakehcloud) and Image Factory (infra/fakefactory) on loopback,
 // which need no root, reached with the real clients.
-type world struct {
+type localCloud struct {
 	t       *testing.T
 	emu     *fakehcloud.Cloud
 	api     *cloud.Client // the project as the test acts on it: not recorded
@@ -45,7 +45,7 @@ const factoryScale = 1 << 20
 
 // newWorld starts an empty project and a factory that serves v1.13.9 and
 // v1.12.5 of the known schematics.
-func newWorld(t *testing.T) *world {
+func newLocalCloud(t *testing.T) *localCloud {
 	t.Helper()
 	emu := fakehcloud.New(fakehcloud.Options{ActionDuration: actionDuration, Logger: slog.New(slog.DiscardHandler)})
 	url, err := emu.Start()
@@ -56,7 +56,7 @@ func newWorld(t *testing.T) *world {
 	f := newFactory(t, fakefactory.Options{Versions: []string{"v1.13.9", "v1.12.5"}})
 	api := cloud.New(cloud.Options{Token: fakehcloud.DefaultToken, Endpoint: url, PollInterval: pollInterval,
 		RetryBase: retryBase, MaxRetries: maxRetries})
-	return &world{t: t, emu: emu, api: api, cloud: &recorder{c: api}, factory: f}
+	return &localCloud{t: t, emu: emu, api: api, cloud: &recorder{c: api}, factory: f}
 }
 
 // newFactory starts a factory of o with small images.
@@ -77,7 +77,7 @@ func newFactory(t *testing.T, o fakefactory.Options) *fakefactory.Factory {
 
 // testBuilder returns a Builder on w that dials remote and hands over to
 // cont, with defaults for what o leaves unset.
-func testBuilder(w *world, remote *fakeRemote, cont Continuer, o Options) *Builder {
+func testBuilder(w *localCloud, remote *fakeRemote, cont Continuer, o Options) *Builder {
 	if o.Architectures == nil {
 		o.Architectures = []string{"amd64", "arm64"}
 	}
@@ -127,7 +127,7 @@ func cloudOpts(labels map[string]string) cloud.CreateServerOpts {
 
 // createServer creates the server of target's name with labels, as
 // another invocation (or someone else) did.
-func (w *world) createServer(labels map[string]string) *hcloud.Server {
+func (w *localCloud) createServer(labels map[string]string) *hcloud.Server {
 	w.t.Helper()
 	srv, err := w.api.CreateServer(context.Background(), cloudOpts(labels))
 	if err != nil {
@@ -137,7 +137,7 @@ func (w *world) createServer(labels map[string]string) *hcloud.Server {
 }
 
 // createKey creates an SSH key of a fresh key pair.
-func (w *world) createKey(name string, labels map[string]string) *hcloud.SSHKey {
+func (w *localCloud) createKey(name string, labels map[string]string) *hcloud.SSHKey {
 	w.t.Helper()
 	key, err := ssh.NewKey()
 	if err != nil {
@@ -152,7 +152,7 @@ func (w *world) createKey(name string, labels map[string]string) *hcloud.SSHKey 
 
 // createSnapshot starts a snapshot of srv under faults f, and clears the
 // faults once it is started.
-func (w *world) createSnapshot(srv *hcloud.Server, labels map[string]string, f fakehcloud.Faults) *hcloud.Image {
+func (w *localCloud) createSnapshot(srv *hcloud.Server, labels map[string]string, f fakehcloud.Faults) *hcloud.Image {
 	w.t.Helper()
 	w.emu.SetFaults(f)
 	defer w.emu.SetFaults(fakehcloud.Faults{})
@@ -165,7 +165,7 @@ func (w *world) createSnapshot(srv *hcloud.Server, labels map[string]string, f f
 
 // addSnapshot adds a snapshot that is there already: available, unless img
 // says otherwise.
-func (w *world) addSnapshot(img fakehcloud.Image) fakehcloud.Image {
+func (w *localCloud) addSnapshot(img fakehcloud.Image) fakehcloud.Image {
 	w.t.Helper()
 	img, err := w.emu.AddImage(img)
 	if err != nil {
@@ -181,7 +181,7 @@ func (w *world) addSnapshot(img fakehcloud.Image) fakehcloud.Image {
 const slowSnapshot = 2 * time.Second
 
 // awaitImage waits until image id has status: its action ended.
-func (w *world) awaitImage(id int64, status string) {
+func (w *localCloud) awaitImage(id int64, status string) {
 	w.t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		img, ok := w.emu.Image(id)
@@ -195,7 +195,7 @@ func (w *world) awaitImage(id int64, status string) {
 }
 
 // awaitSnapshots waits until no snapshot is being created.
-func (w *world) awaitSnapshots() {
+func (w *localCloud) awaitSnapshots() {
 	w.t.Helper()
 	for _, id := range w.snapshots() {
 		if img, ok := w.emu.Image(id); ok && img.Status == string(hcloud.ImageStatusCreating) {
@@ -206,7 +206,7 @@ func (w *world) awaitSnapshots() {
 
 // snapshots returns the IDs of the project's snapshots, any status,
 // ascending.
-func (w *world) snapshots() []int64 {
+func (w *localCloud) snapshots() []int64 {
 	var ids []int64
 	for _, img := range w.emu.Images() {
 		if img.Type == string(hcloud.ImageTypeSnapshot) {
@@ -217,7 +217,7 @@ func (w *world) snapshots() []int64 {
 }
 
 // selects tells whether the API lists snapshot id under selector.
-func (w *world) selects(selector string, id int64) bool {
+func (w *localCloud) selects(selector string, id int64) bool {
 	w.t.Helper()
 	imgs, err := w.api.Snapshots(context.Background(), selector)
 	if err != nil {
@@ -227,7 +227,7 @@ func (w *world) selects(selector string, id int64) bool {
 }
 
 // catalog is the server types the API lists.
-func (w *world) catalog() []*hcloud.ServerType {
+func (w *localCloud) catalog() []*hcloud.ServerType {
 	w.t.Helper()
 	ts, err := w.api.ServerTypes(context.Background())
 	if err != nil {
@@ -238,7 +238,7 @@ func (w *world) catalog() []*hcloud.ServerType {
 
 // counts counts what a build leaves: servers, keys other than failure
 // records (record tells those), and snapshots.
-func (w *world) counts() (servers, keys, images int) {
+func (w *localCloud) counts() (servers, keys, images int) {
 	for _, k := range w.emu.SSHKeys() {
 		if k.Labels[label.Role] != label.RoleFailure {
 			keys++
@@ -248,7 +248,7 @@ func (w *world) counts() (servers, keys, images int) {
 }
 
 // record returns the failure record of t, if there is one.
-func (w *world) record(t Target) (FailureRecord, bool) {
+func (w *localCloud) record(t Target) (FailureRecord, bool) {
 	for _, k := range w.emu.SSHKeys() {
 		if rec, ok := ParseFailureRecord(&hcloud.SSHKey{ID: k.ID, Name: k.Name, Labels: k.Labels}); ok && rec.Target == t {
 			return rec, true
