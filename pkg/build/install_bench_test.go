@@ -26,7 +26,7 @@ import (
 // does and the way its peers do, side by side, each inside an emulated
 // rescue system over SSH, on a fresh sparse disk and on a used one, for both
 // kinds of data the factory makes: incompressible (what a real image mostly
-// holds) and compressible. They check the figures FACTS.md has from
+// holds) and compressible. They check the figures the README gives from
 // measurements by hand, and keep them current.
 
 const (

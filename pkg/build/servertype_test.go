@@ -11,7 +11,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 )
 
-// TestPlanServers plans on the catalog the API lists (FACTS.md: 40 GB x86
+// TestPlanServers plans on the catalog the API lists (infra/README.md, Hetzner: 40 GB x86
 // cx23 in the EU and cpx11 in the US, deprecated in the EU; 80 GB cpx22;
 // 40 GB arm cax11, 80 GB cax21), and on catalogs changed from it.
 func TestPlanServers(t *testing.T) {
