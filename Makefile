@@ -25,7 +25,7 @@ GOBIN        := $(shell $(GO) env GOPATH)/bin
 # The stack `make teardown` tears down (see the README, Teardown).
 STACK        ?= hcloud-k8s
 
-.PHONY: build-Poller build-Builder build test bench local invoke teardown e2e e2e-local tools clean
+.PHONY: build-Poller build-Builder build test test-unit bench local invoke teardown e2e e2e-local tools clean
 
 build-Poller:
 	GOOS=$(LAMBDA_GOOS) GOARCH=$(LAMBDA_GOARCH) CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags '$(LDFLAGS)' \
@@ -44,7 +44,16 @@ tools:
 	@test -x $(GOBIN)/aws-lambda-rie || \
 		$(GO) install github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$(RIE_VERSION)
 
+# The unit tests, in seconds, without root or the Lambda emulator: -short
+# leaves the tests on the local world to make test (README, Tests). The
+# tests call sfdisk, which Debian keeps in /usr/sbin, outside a user's PATH.
+test-unit:
+	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -short -count=1 ./...
+
+# Everything, the end-to-end tests on the local world included. Without
+# root those would be skipped, so it refuses to start.
 test: tools
+	@test "$$(id -u)" = 0 || { echo "make test: rescue hosts need root (mount namespaces); make test-unit runs without it" >&2; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
 	PATH="$(GOBIN):$$PATH" $(GO) test -race -count=1 -timeout 15m ./...

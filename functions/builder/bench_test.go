@@ -36,16 +36,16 @@ func BenchmarkBuild(b *testing.B) {
 			b.Fatalf("build: %+v %s", resp, ferr)
 		}
 		overhead += (wall - emulated).Seconds()
-		requests += float64(len(w.st.Cloud.Requests()))
-		for _, inv := range w.emu.Invocations("builder") {
+		requests += float64(len(w.Stack.Cloud.Requests()))
+		for _, inv := range w.Lambda.Invocations("builder") {
 			invocations++
 			billed += float64(inv.BilledMS)
 		}
-		before := len(w.st.Cloud.Requests())
+		before := len(w.Stack.Cloud.Requests())
 		if resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`); ferr != "" || resp.Results[0].State != build.Done {
 			b.Fatalf("no-op: %+v %s", resp, ferr)
 		}
-		noop += float64(len(w.st.Cloud.Requests()) - before)
+		noop += float64(len(w.Stack.Cloud.Requests()) - before)
 	}
 	n := float64(b.N)
 	b.ReportMetric(overhead/n, "overhead-s/build")

@@ -37,8 +37,8 @@ func TestShortFunctionTimeout(t *testing.T) {
 				env:     map[string]string{"INSTALL_TIMEOUT": tt.install, "SNAPSHOT_WAIT": "5s"},
 			})
 			w.invokeAsync(`{"version":"v1.13.9","arch":"amd64"}`)
-			w.waitIdle()
-			invs := w.emu.Invocations("builder")
+			w.WaitIdle()
+			invs := w.Lambda.Invocations("builder")
 			if len(invs) > 40 {
 				t.Errorf("%d invocations, want at most 40", len(invs))
 			}
@@ -72,7 +72,7 @@ func TestKilledThenRetriedAtOnce(t *testing.T) {
 	for _, point := range []string{"server created", "rescue enabled", "waiting for the rescue system", "writing image", "snapshot started"} {
 		t.Run(point, func(t *testing.T) {
 			w := newWorld(t, setup{stack: stack.Options{ActionDurations: map[string]time.Duration{"create_image": 500 * time.Millisecond}}})
-			killed := w.emu.KillOn("builder", func(line string) bool { return strings.Contains(line, `"message":"`+point+`"`) })
+			killed := w.Lambda.KillOn("builder", func(line string) bool { return strings.Contains(line, `"message":"`+point+`"`) })
 			w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 			select { // closes once the killed runtime has exited, maybe just after the answer
 			case <-killed:
@@ -94,18 +94,18 @@ func TestKilledThenRetriedAtOnce(t *testing.T) {
 // runs, until the lease lapses and a second invocation takes the build
 // over: the first must stop acting, so one snapshot results.
 func TestLostLeaseStopsItsHolder(t *testing.T) {
-	w := newWorld(t, setup{stack: stack.Options{BootDelay: 6 * time.Second}})
+	w := newWorld(t, setup{stack: stack.Options{BootDelay: 6 * time.Second}, env: map[string]string{"LEASE_TTL": "3s"}})
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64"}`)
 	time.Sleep(1500 * time.Millisecond) // it waits 6 s for the rescue system
-	w.st.Cloud.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{
+	w.Stack.Cloud.SetFaults(fakehcloud.Faults{Refuse: map[string]fakehcloud.Fault{
 		"PUT /v1/ssh_keys/*": {Status: http.StatusInternalServerError, Code: "server_error", Message: "renewal refused"}}})
 	time.Sleep(4 * time.Second) // past LEASE_TTL (3 s) without a renewal
-	w.st.Cloud.SetFaults(fakehcloud.Faults{})
+	w.Stack.Cloud.SetFaults(fakehcloud.Faults{})
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" {
 		t.Fatalf("second invocation: %+v %s", resp, ferr)
 	}
-	w.waitIdle()
+	w.WaitIdle()
 	if !w.logged(`lease renewals failed until shortly before it expires: stopping`) {
 		t.Error("the first invocation did not stop when its lease could lapse")
 	}
@@ -123,7 +123,7 @@ func TestForcedBuildsRaceAndRedeliveries(t *testing.T) {
 	}
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64","force":true}`)
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64","force":true}`)
-	w.waitIdle()
+	w.WaitIdle()
 	w.checkDone(target("amd64"))
 	forced := w.snapshots()[0]
 	if forced.ID == first.Results[0].SnapshotID {
@@ -134,10 +134,10 @@ func TestForcedBuildsRaceAndRedeliveries(t *testing.T) {
 	builtBy := forced.Labels["hcloud-k8s.io/request"]
 	servers := w.countRequests("POST", "/v1/servers")
 	for range 2 {
-		if err := w.emu.Redeliver("builder", builtBy); err != nil {
+		if err := w.Lambda.Redeliver("builder", builtBy); err != nil {
 			t.Fatal(err)
 		}
-		w.waitIdle()
+		w.WaitIdle()
 	}
 	if n := w.countRequests("POST", "/v1/servers"); n != servers {
 		t.Errorf("re-deliveries created %d servers", n-servers)
@@ -150,7 +150,7 @@ func TestForcedBuildsRaceAndRedeliveries(t *testing.T) {
 
 // logged tells whether a finished Builder invocation logged a line with s.
 func (w *world) logged(s string) bool {
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		if slices.ContainsFunc(inv.Logs, func(l string) bool { return strings.Contains(l, s) }) {
 			return true
 		}

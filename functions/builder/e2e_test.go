@@ -3,113 +3,59 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
-	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 // The tests in this file run the real bootstrap under the Lambda Runtime
-// Interface Emulator against the local cloud (infra/stack).
+// Interface Emulator against the local world (infra/stack/stacktest).
 
-var bootstrap string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "builder-bootstrap-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bootstrap, err = stack.BuildBootstrap("./functions/builder", dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// world is a local cloud with the Builder deployed as function "builder".
+// world is the local world with the Builder deployed as function "builder".
 type world struct {
-	t   testing.TB
-	st  *stack.Stack
-	emu *fakelambda.Emulator
-	api *awslambda.Client
+	*stacktest.World
+	t testing.TB
 }
 
 type setup struct {
 	stack   stack.Options
-	timeout time.Duration     // function timeout; default 60s
-	env     map[string]string // on top of the defaults below
+	timeout time.Duration     // function timeout; default 1 minute
+	env     map[string]string // on top of stacktest.Timings and LOCATIONS below
 }
 
 func newWorld(t testing.TB, s setup) *world {
 	t.Helper()
-	st, err := stack.Start(s.stack)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	env := map[string]string{
-		"LOCATIONS":       "fsn1,nbg1",
-		"STEP_TIMEOUT":    "2s",
-		"INSTALL_TIMEOUT": "30s",
-		"SNAPSHOT_WAIT":   "5s",
-		"LEASE_TTL":       "3s",
-	}
-	for k, v := range s.env {
-		env[k] = v
-	}
-	timeout := s.timeout
-	if timeout == 0 {
-		timeout = time.Minute
-	}
-	emu, err := st.StartLambda(map[string]fakelambda.Function{
-		"builder": {Bootstrap: bootstrap, Env: env, Timeout: timeout, PoolSize: 3},
+	env := map[string]string{"LOCATIONS": "fsn1,nbg1"}
+	maps.Copy(env, s.env)
+	w := stacktest.Deploy(t, stacktest.Start(t, s.stack), map[string]stacktest.Function{
+		"builder": {Package: "./functions/builder", Env: env, Timeout: s.timeout, PoolSize: 3},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	api := stack.LambdaClient(emu)
-	return &world{t: t, st: st, emu: emu, api: api}
+	return &world{World: w, t: t}
 }
 
 // invoke calls the Builder synchronously. It returns the response, or the
 // function error's message.
 func (w *world) invoke(payload string) (build.Response, string) {
 	w.t.Helper()
-	out, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
-		FunctionName: aws.String("builder"), Payload: []byte(payload)})
-	if err != nil {
-		w.t.Fatalf("invoke %s: %v", payload, err)
-	}
-	if out.FunctionError != nil {
-		var fe struct {
-			ErrorMessage string `json:"errorMessage"`
-		}
-		json.Unmarshal(out.Payload, &fe)
-		return build.Response{}, fe.ErrorMessage
+	out, failed := w.Invoke("builder", payload)
+	if failed != "" {
+		return build.Response{}, failed
 	}
 	var resp build.Response
-	if err := json.Unmarshal(out.Payload, &resp); err != nil {
-		w.t.Fatalf("response %s: %v", out.Payload, err)
+	if err := json.Unmarshal(out, &resp); err != nil {
+		w.t.Fatalf("response %s: %v", out, err)
 	}
 	return resp, ""
 }
@@ -119,7 +65,7 @@ func (w *world) invoke(payload string) (build.Response, string) {
 func (w *world) checkRecords(records ...string) {
 	w.t.Helper()
 	var got []string
-	for _, k := range w.st.Cloud.SSHKeys() {
+	for _, k := range w.Stack.Cloud.SSHKeys() {
 		if k.Labels["hcloud-k8s.io/role"] == "failure" {
 			got = append(got, k.Labels["talos_version"]+"/"+k.Labels["arch"]+" "+k.Labels["hcloud-k8s.io/error"])
 		}
@@ -144,25 +90,12 @@ func (w *world) failure(payload string) build.Result {
 
 func (w *world) invokeAsync(payload string) {
 	w.t.Helper()
-	if _, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
-		FunctionName: aws.String("builder"), Payload: []byte(payload), InvocationType: types.InvocationTypeEvent,
-	}); err != nil {
-		w.t.Fatal(err)
-	}
-}
-
-func (w *world) waitIdle() {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := w.emu.WaitIdle(ctx); err != nil {
-		w.t.Fatalf("lambda not idle: %v", err)
-	}
+	w.InvokeAsync("builder", payload)
 }
 
 func (w *world) snapshots() []fakehcloud.Image {
 	var out []fakehcloud.Image
-	for _, img := range w.st.Cloud.Images() {
+	for _, img := range w.Stack.Cloud.Images() {
 		if img.Type == "snapshot" {
 			out = append(out, img)
 		}
@@ -188,7 +121,7 @@ func (w *world) checkDone(targets ...build.Target) {
 			continue
 		}
 		img := snaps[i]
-		_, digest, err := w.st.Factory.Image(tg.Schematic, tg.Version, tg.Arch)
+		_, digest, err := w.Stack.Factory.Image(tg.Schematic, tg.Version, tg.Arch)
 		if err != nil {
 			w.t.Fatal(err)
 		}
@@ -213,11 +146,11 @@ func (w *world) checkDone(targets ...build.Target) {
 // failure records given as "version/arch code".
 func (w *world) checkNothingLeft(records ...string) {
 	w.t.Helper()
-	if s := w.st.Cloud.Servers(); len(s) != 0 {
+	if s := w.Stack.Cloud.Servers(); len(s) != 0 {
 		w.t.Errorf("servers left: %+v", s)
 	}
 	var others []fakehcloud.SSHKey
-	for _, k := range w.st.Cloud.SSHKeys() {
+	for _, k := range w.Stack.Cloud.SSHKeys() {
 		if k.Labels["hcloud-k8s.io/role"] != "failure" {
 			others = append(others, k)
 		}
@@ -227,13 +160,13 @@ func (w *world) checkNothingLeft(records ...string) {
 	}
 	w.checkRecords(records...)
 	// Every server was created with a key: Hetzner mailed no root password.
-	if n := w.st.Cloud.RootPasswords(); n != 0 {
+	if n := w.Stack.Cloud.RootPasswords(); n != 0 {
 		w.t.Errorf("%d root passwords issued", n)
 	}
 }
 
 func (w *world) countRequests(method, pattern string) int {
-	return w.st.Cloud.CountRequests(method, pattern)
+	return w.Stack.Cloud.CountRequests(method, pattern)
 }
 
 func target(arch string) build.Target {
@@ -256,12 +189,12 @@ func TestBuildBothArchitecturesThenNoOp(t *testing.T) {
 	}
 	w.checkDone(target("amd64"), target("arm64"))
 
-	before := len(w.st.Cloud.Requests())
+	before := len(w.Stack.Cloud.Requests())
 	resp, ferr = w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" || len(resp.Results) != 1 || resp.Results[0].State != build.Done {
 		t.Fatalf("second request: %+v %s", resp, ferr)
 	}
-	if n := len(w.st.Cloud.Requests()) - before; n > 3 {
+	if n := len(w.Stack.Cloud.Requests()) - before; n > 3 {
 		t.Errorf("a no-op request made %d API requests, want ≤ 3", n)
 	}
 	w.checkDone(target("amd64"), target("arm64"))
@@ -290,7 +223,7 @@ func TestBadPayloadsCreateNothing(t *testing.T) {
 			t.Errorf("%.60s: error %q, want %q", tt.payload, ferr, tt.want)
 		}
 	}
-	for _, r := range w.st.Cloud.Requests() {
+	for _, r := range w.Stack.Cloud.Requests() {
 		if r.Method != "GET" {
 			t.Errorf("bad payloads changed the cloud: %s %s", r.Method, r.Path)
 		}
@@ -317,7 +250,7 @@ func TestKillAtEveryStep(t *testing.T) {
 	for _, p := range points {
 		t.Run(p.name, func(t *testing.T) {
 			w := newWorld(t, setup{stack: stack.Options{ActionDurations: map[string]time.Duration{"create_image": 500 * time.Millisecond}}})
-			killed := w.emu.KillOn("builder", func(line string) bool {
+			killed := w.Lambda.KillOn("builder", func(line string) bool {
 				return !slices.ContainsFunc(p.match, func(m string) bool { return !strings.Contains(line, m) })
 			})
 			_, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
@@ -359,9 +292,9 @@ func TestContinuations(t *testing.T) {
 		env:     map[string]string{"STEP_TIMEOUT": "1s", "INSTALL_TIMEOUT": "3s", "SNAPSHOT_WAIT": "1s"},
 	})
 	w.invokeAsync(`{"version":"v1.13.9","arch":"arm64"}`)
-	w.waitIdle()
+	w.WaitIdle()
 	w.checkDone(target("arm64"))
-	invs := w.emu.Invocations("builder")
+	invs := w.Lambda.Invocations("builder")
 	if len(invs) < 2 {
 		t.Errorf("%d invocations, want continuations", len(invs))
 	}
@@ -411,7 +344,7 @@ func TestFlakyAPI(t *testing.T) {
 		t.Fatalf("%+v %s", resp, ferr)
 	}
 	var faults int
-	for _, r := range w.st.Cloud.Requests() {
+	for _, r := range w.Stack.Cloud.Requests() {
 		if r.Status == 429 || r.Status >= 500 || r.Status == 423 {
 			faults++
 		}
@@ -419,15 +352,15 @@ func TestFlakyAPI(t *testing.T) {
 	if faults == 0 {
 		t.Error("no fault was injected")
 	}
-	t.Logf("%d of %d requests failed on purpose", faults, len(w.st.Cloud.Requests()))
-	w.st.Cloud.SetFaults(fakehcloud.Faults{})
+	t.Logf("%d of %d requests failed on purpose", faults, len(w.Stack.Cloud.Requests()))
+	w.Stack.Cloud.SetFaults(fakehcloud.Faults{})
 	w.checkDone(target("amd64"))
 }
 
 func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
 	for _, mode := range []fakefactory.Truncation{fakefactory.TruncateShort, fakefactory.TruncateCut} {
 		w := newWorld(t, setup{})
-		w.st.Factory.SetTruncate(mode)
+		w.Stack.Factory.SetTruncate(mode)
 		if res := w.failure(`{"version":"v1.13.9","arch":"amd64"}`); !strings.Contains(res.Error, "write http") || res.Code != "download" {
 			t.Errorf("truncation %d: %+v", mode, res)
 		}
@@ -442,7 +375,7 @@ func TestTruncatedImageCreatesNoSnapshot(t *testing.T) {
 // partition every Talos image has fails its check; nothing is snapshotted.
 func TestImageWithoutMETACreatesNoSnapshot(t *testing.T) {
 	w := newWorld(t, setup{})
-	if err := w.st.Factory.SetOmitPartition("META"); err != nil {
+	if err := w.Stack.Factory.SetOmitPartition("META"); err != nil {
 		t.Fatal(err)
 	}
 	if res := w.failure(`{"version":"v1.13.9","arch":"arm64"}`); !strings.Contains(res.Error, "lacks the Talos partition META") ||
@@ -480,7 +413,7 @@ func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 	if !strings.Contains(res.Error, want) || res.Code != "no-capacity" {
 		t.Errorf("result %+v, want %q", res, want)
 	}
-	for _, r := range w.st.Cloud.Requests() {
+	for _, r := range w.Stack.Cloud.Requests() {
 		if r.Method == "POST" && r.Path == "/v1/servers" && r.Status != 412 {
 			t.Errorf("server create answered %d; want only 412 resource_unavailable (cx23 in fsn1, nbg1)", r.Status)
 		}
@@ -500,7 +433,7 @@ func TestSmallTypeOutOfStockEverywhere(t *testing.T) {
 func TestServerLimitFailsClearly(t *testing.T) {
 	w := newWorld(t, setup{stack: stack.Options{Faults: fakehcloud.Faults{ServerLimit: 1}}})
 	ctx := context.Background()
-	c := hcloud.NewClient(hcloud.WithEndpoint(w.st.HCloudURL), hcloud.WithToken(w.st.Token))
+	c := hcloud.NewClient(hcloud.WithEndpoint(w.Stack.HCloudURL), hcloud.WithToken(w.Stack.Token))
 	key, _, err := c.SSHKey.Create(ctx, hcloud.SSHKeyCreateOpts{Name: "someone", PublicKey: otherKey})
 	if err != nil {
 		t.Fatal(err)
@@ -517,10 +450,10 @@ func TestServerLimitFailsClearly(t *testing.T) {
 	if n := w.countRequests("POST", "/v1/servers"); n != 2 {
 		t.Errorf("%d server creates, want ours and one of the builder", n)
 	}
-	if s := w.st.Cloud.Servers(); len(s) != 1 || s[0].Name != "someone" {
+	if s := w.Stack.Cloud.Servers(); len(s) != 1 || s[0].Name != "someone" {
 		t.Errorf("servers: %+v", s)
 	}
-	if k := w.st.Cloud.SSHKeys(); len(k) != 2 || k[0].Name != "someone" || k[1].Labels["hcloud-k8s.io/error"] != "server-limit" {
+	if k := w.Stack.Cloud.SSHKeys(); len(k) != 2 || k[0].Name != "someone" || k[1].Labels["hcloud-k8s.io/error"] != "server-limit" {
 		t.Errorf("ssh keys: %+v, want ours and the failure record", k)
 	}
 }
@@ -531,18 +464,18 @@ const otherKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEbWUwSzv9S5TvhhYk6kZ5Mwdm
 // HCLOUD_TOKEN, only the name of the secret that holds it.
 func TestTokenFromSecretsManager(t *testing.T) {
 	w := newWorld(t, setup{env: map[string]string{"HCLOUD_TOKEN": "", "HCLOUD_TOKEN_SECRET": "hcloud-k8s/hcloud-token"}})
-	w.st.Secrets.PutSecret("hcloud-k8s/hcloud-token", w.st.Token)
+	w.Stack.Secrets.PutSecret("hcloud-k8s/hcloud-token", w.Stack.Token)
 	resp, ferr := w.invoke(`{"version":"v1.13.9","arch":"amd64"}`)
 	if ferr != "" || resp.Results[0].State != build.Done {
 		t.Fatalf("%+v %s", resp, ferr)
 	}
-	if w.st.Secrets.Reads() == 0 {
+	if w.Stack.Secrets.Reads() == 0 {
 		t.Error("the token was not read from the secret")
 	}
 	w.checkDone(target("amd64"))
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		for _, l := range inv.Logs {
-			if strings.Contains(l, w.st.Token) {
+			if strings.Contains(l, w.Stack.Token) {
 				t.Fatalf("the token is in the logs: %s", l)
 			}
 		}

@@ -1,30 +1,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
-
-// makeInvoke runs `make invoke FN=fn EVENT=event` as a user would (see
-// stack.RunMake) and returns stdout, stderr and the exit status.
-func makeInvoke(t *testing.T, env map[string]string, fn, event string) (string, string, int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	stdout, stderr, exit, err := stack.RunMake(ctx, env, "invoke", "FN="+fn, "EVENT="+event)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stdout, stderr, exit
-}
 
 // TestMakeInvokeContinuesLocally runs a Builder build through `make invoke`
 // (scripts/invoke: the bootstrap under the Lambda Runtime Interface
@@ -34,34 +21,19 @@ func makeInvoke(t *testing.T, env map[string]string, fn, event string) (string, 
 // invocation: a deployed-looking function of the name it is given, which a
 // continuation through the Lambda API would reach, is never invoked.
 func TestMakeInvokeContinuesLocally(t *testing.T) {
-	st, err := stack.Start(stack.Options{ActionDurations: map[string]time.Duration{"create_image": 2500 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := stacktest.Start(t, stack.Options{ActionDurations: map[string]time.Duration{"create_image": 2500 * time.Millisecond}})
 	const deployed = "hcloud-k8s-builder"
-	emu, err := st.StartLambda(map[string]fakelambda.Function{
-		deployed: {Bootstrap: bootstrap, Timeout: time.Minute, PoolSize: 1},
+	w := stacktest.Deploy(t, st, map[string]stacktest.Function{
+		deployed: {Package: "./functions/builder", PoolSize: 1},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
 
-	env := st.Env()
-	for k, v := range map[string]string{
-		"BOOTSTRAP":                 bootstrap,
-		"SNAPSHOT_WAIT":             "1s",
-		"AWS_LAMBDA_FUNCTION_NAME":  deployed,
-		"AWS_ENDPOINT_URL_LAMBDA":   emu.URL(),
-		"AWS_ACCESS_KEY_ID":         "local",
-		"AWS_SECRET_ACCESS_KEY":     "local",
-		"AWS_REGION":                "eu-central-1",
-		"AWS_EC2_METADATA_DISABLED": "true",
-	} {
-		env[k] = v
-	}
-	stdout, stderr, exit := makeInvoke(t, env, "Builder", "events/build.json")
+	env := stacktest.LocalEnv(st, stacktest.Bootstrap(t, "./functions/builder"))
+	maps.Copy(env, map[string]string{
+		"SNAPSHOT_WAIT":            "1s",
+		"AWS_LAMBDA_FUNCTION_NAME": deployed,
+		"AWS_ENDPOINT_URL_LAMBDA":  w.Lambda.URL(),
+	})
+	stdout, stderr, exit := stacktest.Make(t, env, "invoke", "FN=Builder", "EVENT=events/build.json")
 	if exit != 0 {
 		t.Fatalf("make invoke exited %d\nstdout:\n%s\nstderr:\n%s", exit, stdout, stderr)
 	}
@@ -86,7 +58,7 @@ func TestMakeInvokeContinuesLocally(t *testing.T) {
 	if !strings.Contains(stderr, "snapshot still being created") {
 		t.Errorf("no hand-over in the log:\n%s", stderr)
 	}
-	if n := len(emu.Invocations(deployed)); n != 0 {
+	if n := len(w.Lambda.Invocations(deployed)); n != 0 {
 		t.Errorf("the local run invoked %s %d times through the Lambda API, want 0", deployed, n)
 	}
 	if s, k := st.Cloud.Servers(), st.Cloud.SSHKeys(); len(s)+len(k) != 0 {

@@ -29,7 +29,7 @@ func TestRequestsOutsidePolicyCreateNothing(t *testing.T) {
 	} {
 		// Only the policy stands between the request and a snapshot that
 		// consumers would boot: the factory serves the image.
-		if _, _, err := w.st.Factory.Image(tt.schematic, tt.version, "amd64"); err != nil {
+		if _, _, err := w.Stack.Factory.Image(tt.schematic, tt.version, "amd64"); err != nil {
 			t.Fatalf("the local factory does not serve what %s asks for: %v", tt.payload, err)
 		}
 		_, ferr := w.invoke(tt.payload)
@@ -37,10 +37,10 @@ func TestRequestsOutsidePolicyCreateNothing(t *testing.T) {
 			t.Errorf("%s: error %q\nwant %q and %q", tt.payload, ferr, tt.want, allowed)
 		}
 	}
-	if reqs := w.st.Cloud.Requests(); len(reqs) != 0 {
+	if reqs := w.Stack.Cloud.Requests(); len(reqs) != 0 {
 		t.Errorf("refused requests reached the cloud: %+v", reqs)
 	}
-	if reqs := w.st.Factory.Requests(); len(reqs) != 0 {
+	if reqs := w.Stack.Factory.Requests(); len(reqs) != 0 {
 		t.Errorf("refused requests reached the factory: %+v", reqs)
 	}
 	if s := w.snapshots(); len(s) != 0 {

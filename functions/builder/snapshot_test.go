@@ -21,7 +21,7 @@ import (
 // path pattern, in order.
 func (w *world) statuses(method, pattern string) []int {
 	var out []int
-	for _, r := range w.st.Cloud.Requests() {
+	for _, r := range w.Stack.Cloud.Requests() {
 		if ok, _ := path.Match(pattern, r.Path); ok && r.Method == method {
 			out = append(out, r.Status)
 		}
@@ -122,9 +122,9 @@ func TestStuckSnapshotIsFailed(t *testing.T) {
 	}()
 	start := time.Now()
 	w.invokeAsync(`{"version":"v1.13.9","arch":"amd64"}`)
-	w.waitIdle()
+	w.WaitIdle()
 	var failed bool
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		if inv.Failed() {
 			t.Errorf("invocation %d of %s: function error %q", inv.Attempt, inv.RequestID, inv.ErrorMessage)
 		}

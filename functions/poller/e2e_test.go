@@ -1,80 +1,44 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
-
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 // The tests in this file deploy both functions' real bootstraps under the
-// Lambda Runtime Interface Emulator against the local cloud: the Poller
-// invokes the Builder through the Lambda Invoke API, as in AWS.
+// Lambda Runtime Interface Emulator against the local world
+// (infra/stack/stacktest): the Poller invokes the Builder through the
+// Lambda Invoke API, as in AWS.
 
-var bootstraps = map[string]string{}
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "poller-bootstrap-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	for name, pkg := range map[string]string{"poller": "./functions/poller", "builder": "./functions/builder"} {
-		if bootstraps[name], err = stack.BuildBootstrap(pkg, filepath.Join(dir, name)); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
+// world is the local world with the Builder and the Poller deployed as
+// functions "builder" and "poller".
 type world struct {
-	t   *testing.T
-	st  *stack.Stack
-	emu *fakelambda.Emulator
-	api *awslambda.Client
+	*stacktest.World
+	t *testing.T
 }
 
 // newWorld deploys both functions with the configuration cfg (name, value
-// pairs) on top of the test defaults.
+// pairs) on top of the test defaults. Both get the same configuration, as
+// template.yaml's Globals give it: the failure records carry its digest.
 func newWorld(t *testing.T, cfg ...string) *world {
 	t.Helper()
-	st, err := stack.Start(stack.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	builderEnv := []string{"STEP_TIMEOUT", "2s", "INSTALL_TIMEOUT", "30s", "SNAPSHOT_WAIT", "5s", "LEASE_TTL", "3s"}
-	// Both functions get the same configuration, as template.yaml's Globals
-	// give it: the failure records carry its digest.
-	emu, err := st.StartLambda(map[string]fakelambda.Function{
-		"builder": {Bootstrap: bootstraps["builder"], Env: env(append(builderEnv, cfg...)), Timeout: time.Minute, PoolSize: 4},
-		"poller": {Bootstrap: bootstraps["poller"], Env: env(slices.Concat(builderEnv, cfg, []string{"BUILDER_FUNCTION_NAME", "builder"})),
-			Timeout: time.Minute, PoolSize: 1},
+	pollerEnv := env(slices.Concat(cfg, []string{"BUILDER_FUNCTION_NAME", "builder"}))
+	w := stacktest.Deploy(t, stacktest.Start(t, stack.Options{}), map[string]stacktest.Function{
+		"builder": {Package: "./functions/builder", Env: env(cfg), PoolSize: 4},
+		"poller":  {Package: "./functions/poller", Env: pollerEnv, PoolSize: 1},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	return &world{t: t, st: st, emu: emu, api: stack.LambdaClient(emu)}
+	return &world{World: w, t: t}
 }
 
 // env makes an environment of name, value pairs.
@@ -90,23 +54,15 @@ func env(kv []string) map[string]string {
 // and returns its report.
 func (w *world) poll(payload string) poll.Report {
 	w.t.Helper()
-	out, err := w.api.Invoke(context.Background(), &awslambda.InvokeInput{
-		FunctionName: aws.String("poller"), Payload: []byte(payload)})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	if out.FunctionError != nil {
-		w.t.Fatalf("poller failed: %s", out.Payload)
+	out, failed := w.Invoke("poller", payload)
+	if failed != "" {
+		w.t.Fatalf("poller failed: %s", out)
 	}
 	var rep poll.Report
-	if err := json.Unmarshal(out.Payload, &rep); err != nil {
-		w.t.Fatalf("report %s: %v", out.Payload, err)
+	if err := json.Unmarshal(out, &rep); err != nil {
+		w.t.Fatalf("report %s: %v", out, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := w.emu.WaitIdle(ctx); err != nil {
-		w.t.Fatal(err)
-	}
+	w.WaitIdle()
 	return rep
 }
 
@@ -121,7 +77,7 @@ func targets(items []poll.Item) []string {
 
 func (w *world) snapshots() []string {
 	out := []string{}
-	for _, img := range w.st.Cloud.Images() {
+	for _, img := range w.Stack.Cloud.Images() {
 		if img.Type != "snapshot" {
 			continue
 		}
@@ -130,7 +86,7 @@ func (w *world) snapshots() []string {
 			out = append(out, "unmanaged:"+img.Labels["version"])
 			continue
 		}
-		_, digest, err := w.st.Factory.Image(t.Schematic, t.Version, t.Arch)
+		_, digest, err := w.Stack.Factory.Image(t.Schematic, t.Version, t.Arch)
 		if err != nil || digest != img.Digest || img.Status != "available" {
 			w.t.Errorf("snapshot %d of %v: %s, digest %s, want %s", img.ID, t, img.Status, img.Digest, digest)
 		}
@@ -144,10 +100,10 @@ func (w *world) snapshots() []string {
 // deployment's marker.
 func (w *world) checkNothingLeft() {
 	w.t.Helper()
-	if s := w.st.Cloud.Servers(); len(s) != 0 {
+	if s := w.Stack.Cloud.Servers(); len(s) != 0 {
 		w.t.Errorf("servers left: %+v", s)
 	}
-	for _, k := range w.st.Cloud.SSHKeys() {
+	for _, k := range w.Stack.Cloud.SSHKeys() {
 		if k.Labels["hcloud-k8s.io/role"] != "deployment" {
 			w.t.Errorf("ssh key left: %+v", k)
 		}
@@ -162,7 +118,7 @@ func (w *world) checkNothingLeft() {
 // recent snapshot of each architecture is the highest version.
 func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	w := newWorld(t)
-	unmanaged, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: "hand-made",
+	unmanaged, err := w.Stack.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: "hand-made",
 		Architecture: "x86", Labels: map[string]string{"os": "talos", "version": "v1.9.0"}})
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +129,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	if got := targets(dry.Builds); !slices.Equal(got, all) {
 		t.Errorf("dry run builds %v", got)
 	}
-	if len(w.emu.Invocations("builder")) != 0 || len(w.snapshots()) != 1 {
+	if len(w.Lambda.Invocations("builder")) != 0 || len(w.snapshots()) != 1 {
 		t.Fatal("the dry run acted")
 	}
 	if !slices.Equal(dry.Tracked, []string{"v1.12.8", "v1.13.9"}) && !slices.Equal(dry.Tracked, []string{"v1.13.9", "v1.12.8"}) {
@@ -189,7 +145,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 		t.Errorf("first poll builds %v", got)
 	}
 	var last time.Time
-	for _, img := range w.st.Cloud.Images() {
+	for _, img := range w.Stack.Cloud.Images() {
 		if img.Type == "snapshot" && img.Created.After(last) {
 			last = img.Created
 		}
@@ -198,7 +154,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	t.Logf("from the poll to the last snapshot: %.1f s emulated (two builds in a row per architecture)",
 		last.Sub(polled.Truncate(time.Second)).Seconds())
 	var chained int
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		if strings.Contains(string(inv.Payload), `"continuation"`) && !strings.Contains(string(inv.Payload), `"queue"`) &&
 			strings.Contains(string(inv.Payload), `"v1.13.9"`) {
 			chained++
@@ -217,7 +173,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 	}
 	// The most recent snapshot of each architecture is the highest version.
 	latest := map[string]fakehcloud.Image{}
-	for _, img := range w.st.Cloud.Images() {
+	for _, img := range w.Stack.Cloud.Images() {
 		if img.Labels["hcloud-k8s.io/managed-by"] != "" && img.Created.After(latest[img.Labels["arch"]].Created) {
 			latest[img.Labels["arch"]] = img
 		}
@@ -227,7 +183,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 			t.Errorf("most recent %s snapshot is %s", arch, img.Labels["talos_version"])
 		}
 	}
-	if _, ok := w.st.Cloud.Image(unmanaged.ID); !ok {
+	if _, ok := w.Stack.Cloud.Image(unmanaged.ID); !ok {
 		t.Error("the unmanaged snapshot was deleted")
 	}
 	w.checkNothingLeft()
@@ -239,7 +195,7 @@ func TestPollsBuildTheTrackedReleases(t *testing.T) {
 // the next poll to re-drive it.
 func TestKilledBuildIsFinishedByTheRetry(t *testing.T) {
 	w := newWorld(t)
-	killed := w.emu.KillOn("builder", func(line string) bool {
+	killed := w.Lambda.KillOn("builder", func(line string) bool {
 		return strings.Contains(line, `"message":"writing image"`) && strings.Contains(line, "amd64")
 	})
 	w.poll(`{}`)
@@ -254,7 +210,7 @@ func TestKilledBuildIsFinishedByTheRetry(t *testing.T) {
 		t.Fatalf("snapshots after the kill and the retry: %v, want %v", got, want)
 	}
 	var retried bool
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		retried = retried || (inv.Attempt == 2 && !inv.Failed() && strings.Contains(string(inv.Payload), "amd64"))
 	}
 	if !retried {
@@ -271,11 +227,11 @@ func (w *world) plant(version, arch string, age time.Duration) {
 	w.t.Helper()
 	s := talos.QemuGuestAgentSchematic
 	hw := map[string]string{"amd64": "x86", "arm64": "arm"}[arch]
-	_, digest, err := w.st.Factory.Image(s, version, arch)
+	_, digest, err := w.Stack.Factory.Image(s, version, arch)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Architecture: hw, Digest: digest,
+	if _, err := w.Stack.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Architecture: hw, Digest: digest,
 		Created: time.Now().Add(-age), Description: "Talos " + version, Labels: map[string]string{
 			"os": "talos", "talos_version": version, "version": version, "arch": arch,
 			"talos_schematic_id": s[:32], "hcloud-k8s.io/schematic-rest": s[32:],
@@ -298,10 +254,10 @@ func TestNewPatchIsBuiltAndOldOnesPruned(t *testing.T) {
 	if rep := w.poll(`{}`); !rep.Plan.Empty() {
 		t.Fatalf("poll before the release plans %+v", rep.Plan)
 	}
-	if _, err := w.st.GitHub.PublishRelease("v1.13.10"); err != nil {
+	if _, err := w.Stack.GitHub.PublishRelease("v1.13.10"); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.st.Factory.SetAvailable("v1.13.10", true); err != nil {
+	if err := w.Stack.Factory.SetAvailable("v1.13.10", true); err != nil {
 		t.Fatal(err)
 	}
 	rep := w.poll(`{}`)
@@ -342,7 +298,7 @@ func TestCapOnFirstDeploy(t *testing.T) {
 		t.Errorf("%d deferred of %d tracked versions", len(rep.Deferred), len(rep.Tracked))
 	}
 	var fromPoller int
-	for _, inv := range w.emu.Invocations("builder") {
+	for _, inv := range w.Lambda.Invocations("builder") {
 		if inv.Attempt == 1 && !strings.Contains(string(inv.Payload), `"continuation"`) {
 			fromPoller++
 		}

@@ -23,15 +23,15 @@ import (
 // the newer versions of their groups behind them.
 func TestBrokenDownloadsBackOff(t *testing.T) {
 	w := newWorld(t)
-	w.st.Factory.SetTruncate(fakefactory.TruncateCut)
-	creates := func() int { return w.st.Cloud.CountRequests("POST", "/v1/servers") }
+	w.Stack.Factory.SetTruncate(fakefactory.TruncateCut)
+	creates := func() int { return w.Stack.Cloud.CountRequests("POST", "/v1/servers") }
 	var perPoll []string
 	requests := 0
 	poll := func(payload string) poll.Report {
 		t.Helper()
 		before := creates()
 		rep := w.poll(payload)
-		n := len(w.st.Cloud.Requests())
+		n := len(w.Stack.Cloud.Requests())
 		perPoll = append(perPoll, fmt.Sprintf("poll %s: %d servers created, %d Hetzner API requests (the builds' included)",
 			payload, creates()-before, n-requests))
 		requests = n
@@ -46,7 +46,7 @@ func TestBrokenDownloadsBackOff(t *testing.T) {
 	if n := creates(); n != 2 {
 		t.Fatalf("%d servers created by the first poll, want 2", n)
 	}
-	invs := w.emu.Invocations("builder")
+	invs := w.Lambda.Invocations("builder")
 	if len(invs) != 2 {
 		t.Errorf("%d Builder invocations, want 2 (no Lambda retry of a deterministic failure)", len(invs))
 	}
@@ -86,14 +86,14 @@ func TestBrokenDownloadsBackOff(t *testing.T) {
 	if n := creates(); n != 2 {
 		t.Errorf("%d servers created in four polls, want the first poll's 2", n)
 	}
-	if n := len(w.emu.Invocations("builder")); n != 2 {
+	if n := len(w.Lambda.Invocations("builder")); n != 2 {
 		t.Errorf("%d Builder invocations in four polls, want 2", n)
 	}
-	if s := w.st.Cloud.Servers(); len(s) != 0 {
+	if s := w.Stack.Cloud.Servers(); len(s) != 0 {
 		t.Errorf("servers left: %+v", s)
 	}
 	var records []string
-	for _, k := range w.st.Cloud.SSHKeys() {
+	for _, k := range w.Stack.Cloud.SSHKeys() {
 		if k.Labels["hcloud-k8s.io/role"] != "deployment" { // the deployment's claim on its cluster stays
 			records = append(records, k.Labels["hcloud-k8s.io/role"]+" "+k.Labels["talos_version"]+"/"+k.Labels["arch"])
 		}

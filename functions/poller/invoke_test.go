@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -13,42 +14,18 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
-// runMake runs make with args as a user would (see stack.RunMake) and
-// returns stdout, stderr and the exit status.
-func runMake(t *testing.T, env map[string]string, args ...string) (string, string, int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	stdout, stderr, exit, err := stack.RunMake(ctx, env, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stdout, stderr, exit
-}
-
-// localEnv is what `make invoke FN=Poller` runs with on w's local cloud:
-// the Poller's prebuilt bootstrap and AWS settings that reach nothing real.
+// localEnv is what `make invoke FN=Poller` runs with on w's local world,
+// with kv (name, value pairs) on top.
 func (w *world) localEnv(kv ...string) map[string]string {
-	env := w.st.Env()
-	for k, v := range map[string]string{
-		"BOOTSTRAP":                 bootstraps["poller"],
-		"AWS_ACCESS_KEY_ID":         "local",
-		"AWS_SECRET_ACCESS_KEY":     "local",
-		"AWS_REGION":                "eu-central-1",
-		"AWS_EC2_METADATA_DISABLED": "true",
-	} {
-		env[k] = v
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		env[kv[i]] = kv[i+1]
-	}
-	return env
+	le := stacktest.LocalEnv(w.Stack, stacktest.Bootstrap(w.t, "./functions/poller"))
+	maps.Copy(le, env(kv))
+	return le
 }
 
 // TestMakeInvokePoller runs the Poller through `make invoke` (its bootstrap
@@ -59,7 +36,7 @@ func (w *world) localEnv(kv ...string) map[string]string {
 func TestMakeInvokePoller(t *testing.T) {
 	w := newWorld(t)
 
-	stdout, stderr, exit := runMake(t, w.localEnv(), "invoke", "FN=Poller", "EVENT=events/dry-run.json")
+	stdout, stderr, exit := stacktest.Make(t, w.localEnv(), "invoke", "FN=Poller", "EVENT=events/dry-run.json")
 	if exit != 0 {
 		t.Fatalf("dry run without BUILDER_FUNCTION_NAME exited %d\n%s\n%s", exit, stdout, stderr)
 	}
@@ -77,16 +54,16 @@ func TestMakeInvokePoller(t *testing.T) {
 		// As sam local resolves ${AWS::StackName}-builder without env.json.
 		{"a Builder in the AWS account", w.localEnv("BUILDER_FUNCTION_NAME", "local-builder"), "never in an AWS account"},
 	} {
-		stdout, stderr, exit := runMake(t, tt.env, "invoke", "FN=Poller", "EVENT=events/schedule.json")
+		stdout, stderr, exit := stacktest.Make(t, tt.env, "invoke", "FN=Poller", "EVENT=events/schedule.json")
 		if exit == 0 || !strings.Contains(stdout, tt.want) {
 			t.Errorf("%s: exit %d, stdout %s; want a refusal naming %q; stderr:\n%s", tt.name, exit, stdout, tt.want, stderr)
 		}
 	}
-	if n := len(w.emu.Invocations("builder")); n != 0 || len(w.st.Cloud.Servers()) != 0 {
-		t.Fatalf("refused polls acted: %d Builder invocations, servers %v", n, w.st.Cloud.Servers())
+	if n := len(w.Lambda.Invocations("builder")); n != 0 || len(w.Stack.Cloud.Servers()) != 0 {
+		t.Fatalf("refused polls acted: %d Builder invocations, servers %v", n, w.Stack.Cloud.Servers())
 	}
 
-	stdout, stderr, exit = runMake(t, w.localEnv("BUILDER_FUNCTION_NAME", "builder", "AWS_ENDPOINT_URL_LAMBDA", w.emu.URL()),
+	stdout, stderr, exit = stacktest.Make(t, w.localEnv("BUILDER_FUNCTION_NAME", "builder", "AWS_ENDPOINT_URL_LAMBDA", w.Lambda.URL()),
 		"invoke", "FN=Poller", "EVENT=events/schedule.json")
 	if exit != 0 {
 		t.Fatalf("poll exited %d\n%s\n%s", exit, stdout, stderr)
@@ -95,11 +72,7 @@ func TestMakeInvokePoller(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil || rep.DryRun {
 		t.Fatalf("poll reported %s: %v", stdout, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := w.emu.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w.WaitIdle()
 	if got, want := w.snapshots(), targets(rep.Builds); !slices.Equal(got, want) || len(want) == 0 || !slices.Equal(want, targets(dry.Builds)) {
 		t.Errorf("snapshots %v after a poll that started %v (the dry run planned %v)", got, want, targets(dry.Builds))
 	}
@@ -113,7 +86,7 @@ func TestMakeInvokePoller(t *testing.T) {
 // must delete.
 func buildResources(t *testing.T, w *world, prefix string) []string {
 	t.Helper()
-	c := hcloud.NewClient(hcloud.WithEndpoint(w.st.HCloudURL), hcloud.WithToken(w.st.Token))
+	c := hcloud.NewClient(hcloud.WithEndpoint(w.Stack.HCloudURL), hcloud.WithToken(w.Stack.Token))
 	ctx := context.Background()
 	target := map[string]string{"hcloud-k8s.io/managed-by": "image-builder", "talos_version": "v1.13.9", "arch": "amd64",
 		"talos_schematic_id": talos.QemuGuestAgentSchematic[:32], "hcloud-k8s.io/schematic-rest": talos.QemuGuestAgentSchematic[32:]}
@@ -163,7 +136,7 @@ func buildResources(t *testing.T, w *world, prefix string) []string {
 			ours = append(ours, r.name)
 		}
 	}
-	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: prefix + "-snapshot",
+	if _, err := w.Stack.Cloud.AddImage(fakehcloud.Image{Type: "snapshot", Status: "available", Description: prefix + "-snapshot",
 		Architecture: "x86", Labels: with("os", "talos", "version", "v1.13.9")}); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +152,7 @@ func TestTeardown(t *testing.T) {
 	w := newWorld(t)
 	teardown := func(t *testing.T, args []string, env map[string]string) poll.TeardownReport {
 		t.Helper()
-		stdout, stderr, exit := runMake(t, env, args...)
+		stdout, stderr, exit := stacktest.Make(t, env, args...)
 		if exit != 0 {
 			t.Fatalf("make %v exited %d\n%s\n%s", args, exit, stdout, stderr)
 		}
@@ -207,7 +180,7 @@ func TestTeardown(t *testing.T) {
 			t.Errorf("kept snapshots %+v, want %s-snapshot listed", rep.KeptSnapshots, prefix)
 		}
 		var left []string
-		for _, s := range w.st.Cloud.Servers() {
+		for _, s := range w.Stack.Cloud.Servers() {
 			if strings.HasPrefix(s.Name, prefix) {
 				left = append(left, s.Name)
 			}
@@ -222,8 +195,8 @@ func TestTeardown(t *testing.T) {
 		ours := buildResources(t, w, "invoke")
 		env := w.localEnv()
 		dry := teardown(t, []string{"invoke", "FN=Poller", "EVENT=events/teardown-dry-run.json"}, env)
-		if !dry.DryRun || len(dry.Servers) != 1 || len(w.st.Cloud.Servers()) != 3 {
-			t.Fatalf("dry run reported %+v and left %d servers, want 1 planned and 3 left", dry, len(w.st.Cloud.Servers()))
+		if !dry.DryRun || len(dry.Servers) != 1 || len(w.Stack.Cloud.Servers()) != 3 {
+			t.Fatalf("dry run reported %+v and left %d servers, want 1 planned and 3 left", dry, len(w.Stack.Cloud.Servers()))
 		}
 		check(t, teardown(t, []string{"invoke", "FN=Poller", "EVENT=events/teardown.json"}, env), ours, "invoke")
 	})
@@ -233,9 +206,9 @@ func TestTeardown(t *testing.T) {
 			t.Skip("the AWS CLI is not installed: make teardown runs aws lambda invoke")
 		}
 		ours := buildResources(t, w, "deployed")
-		env := w.localEnv("AWS_ENDPOINT_URL_LAMBDA", w.emu.URL(), "AWS_DEFAULT_REGION", "eu-central-1")
+		env := w.localEnv("AWS_ENDPOINT_URL_LAMBDA", w.Lambda.URL(), "AWS_DEFAULT_REGION", "eu-central-1")
 		check(t, teardown(t, []string{"teardown", "POLLER=poller"}, env), ours, "deployed")
-		if n := len(w.emu.Invocations("poller")); n != 1 {
+		if n := len(w.Lambda.Invocations("poller")); n != 1 {
 			t.Errorf("the deployed Poller ran %d times, want once (no CLI retry)", n)
 		}
 	})

@@ -1,41 +1,19 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
+	"maps"
 	"net"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
-
-	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
-
-// invokeSync invokes fn synchronously and returns its payload, and its error
-// message when it failed.
-func invokeSync(t *testing.T, api *awslambda.Client, fn, payload string) (out []byte, failed string) {
-	t.Helper()
-	res, err := api.Invoke(context.Background(), &awslambda.InvokeInput{FunctionName: aws.String(fn), Payload: []byte(payload)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.FunctionError != nil {
-		var e struct {
-			ErrorMessage string `json:"errorMessage"`
-		}
-		json.Unmarshal(res.Payload, &e)
-		return res.Payload, e.ErrorMessage
-	}
-	return res.Payload, ""
-}
 
 // TestDeploymentsShareAProject deploys three stacks' functions against one
 // Hetzner project: prod and staging, whose first polls run at once and
@@ -43,36 +21,21 @@ func invokeSync(t *testing.T, api *awslambda.Client, fn, payload string) (out []
 // and prod2, a second deployment of cluster prod, whose Poller and Builder
 // refuse to act and say why.
 func TestDeploymentsShareAProject(t *testing.T) {
-	st, err := stack.Start(stack.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	fns := map[string]fakelambda.Function{}
+	st := stacktest.Start(t, stack.Options{})
+	fns := map[string]stacktest.Function{}
 	for name, cluster := range map[string]string{"prod": "prod", "staging": "staging", "prod2": "prod"} {
 		env := map[string]string{"CLUSTER_NAME": cluster, "ARCHITECTURES": "amd64", "TRACK_MINORS": "1"}
-		builderEnv := map[string]string{"STEP_TIMEOUT": "2s", "INSTALL_TIMEOUT": "30s", "SNAPSHOT_WAIT": "5s", "LEASE_TTL": "3s"}
-		for k, v := range env {
-			builderEnv[k] = v
-		}
-		fns[name+"-builder"] = fakelambda.Function{Bootstrap: bootstraps["builder"], Env: builderEnv, Timeout: time.Minute, PoolSize: 2}
+		fns[name+"-builder"] = stacktest.Function{Package: "./functions/builder", Env: env, PoolSize: 2}
 		pollerEnv := map[string]string{"BUILDER_FUNCTION_NAME": name + "-builder"}
-		for k, v := range env {
-			pollerEnv[k] = v
-		}
-		fns[name+"-poller"] = fakelambda.Function{Bootstrap: bootstraps["poller"], Env: pollerEnv, Timeout: time.Minute, PoolSize: 1}
+		maps.Copy(pollerEnv, env)
+		fns[name+"-poller"] = stacktest.Function{Package: "./functions/poller", Env: pollerEnv, PoolSize: 1}
 	}
-	emu, err := st.StartLambda(fns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emu.Close() })
-	api := stack.LambdaClient(emu)
+	w := stacktest.Deploy(t, st, fns)
 
 	var wg sync.WaitGroup
 	for _, name := range []string{"prod", "staging"} {
 		wg.Go(func() {
-			out, failed := invokeSync(t, api, name+"-poller", `{}`)
+			out, failed := w.Invoke(name+"-poller", `{}`)
 			var rep poll.Report
 			if failed != "" || json.Unmarshal(out, &rep) != nil || !slices.Equal(targets(rep.Builds), []string{"v1.13.9/amd64"}) {
 				t.Errorf("%s's poll: %s %s", name, failed, out)
@@ -80,11 +43,7 @@ func TestDeploymentsShareAProject(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := emu.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w.WaitIdle()
 	var snaps []string
 	for _, img := range st.Cloud.Images() {
 		if img.Type == "snapshot" {
@@ -97,7 +56,7 @@ func TestDeploymentsShareAProject(t *testing.T) {
 	}
 	servers := map[string]string{}
 	for _, d := range []string{"prod", "staging"} {
-		for _, inv := range emu.Invocations(d + "-builder") {
+		for _, inv := range w.Lambda.Invocations(d + "-builder") {
 			s := serverOf(inv.Result)
 			if other, ok := servers[s]; ok && other != d {
 				t.Errorf("prod and staging built on the same server %s", s)
@@ -106,14 +65,14 @@ func TestDeploymentsShareAProject(t *testing.T) {
 		}
 	}
 
-	_, failed := invokeSync(t, api, "prod2-poller", `{}`)
+	_, failed := w.Invoke("prod2-poller", `{}`)
 	if !strings.Contains(failed, "refusing to act: another deployment (eu-central-1.prod-builder") ||
 		!strings.Contains(failed, "CLUSTER_NAME=prod") {
 		t.Errorf("prod2's poll: %q", failed)
 	}
 	// A refusal is a failed result, not a function error: Lambda's retries
 	// would be refused the same way.
-	out, failed := invokeSync(t, api, "prod2-builder", `{"version":"v1.13.9","arch":"amd64","force":true}`)
+	out, failed := w.Invoke("prod2-builder", `{"version":"v1.13.9","arch":"amd64","force":true}`)
 	var resp struct {
 		Results []struct{ State, Code, Error string } `json:"results"`
 	}
@@ -122,9 +81,7 @@ func TestDeploymentsShareAProject(t *testing.T) {
 		!strings.Contains(resp.Results[0].Error, "refusing to act: another deployment (eu-central-1.prod-builder") {
 		t.Errorf("prod2's build: %q %s", failed, out)
 	}
-	if err := emu.WaitIdle(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w.WaitIdle()
 	if s := st.Cloud.Servers(); len(s) != 0 {
 		t.Errorf("servers left: %+v", s)
 	}

@@ -1,82 +1,40 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
+	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 )
 
-// rieDir is the directory holding aws-lambda-rie: PATH, then GOPATH/bin
-// (where `make tools` installs it), as scripts/invoke looks for it.
-func rieDir(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("aws-lambda-rie"); err == nil {
-		return filepath.Dir(p)
-	}
-	out, err := exec.Command("go", "env", "GOPATH").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "bin")
-	if _, err := os.Stat(filepath.Join(dir, "aws-lambda-rie")); err != nil {
-		t.Fatalf("aws-lambda-rie is not installed (make tools): %v", err)
-	}
-	return dir
-}
-
-// TestInvokeScript runs scripts/invoke end to end on the local cloud, set up
-// as the template sets up the deployed Builder: its token comes from the SSM
-// parameter HCLOUD_TOKEN_SECRET names. The bootstrap is built once here
+// TestInvokeScript runs scripts/invoke end to end on the local world, set
+// up as the template sets up the deployed Builder: its token comes from the
+// SSM parameter HCLOUD_TOKEN_SECRET names. The bootstrap is built once
 // (BOOTSTRAP) rather than by the script's `make build-Builder`, which would
 // compile everything again with -trimpath.
 func TestInvokeScript(t *testing.T) {
-	root := repoRoot(t)
-	rie := rieDir(t)
-	st, err := stack.Start(stack.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := stacktest.Start(t, stack.Options{})
 	const tokenParam = "/hcloud-k8s/hcloud-token"
 	st.Secrets.PutParameter(tokenParam, st.Token)
-	bootstrap, err := stack.BuildBootstrap("./functions/builder", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	badEvent := filepath.Join(t.TempDir(), "bad.json")
 	if err := os.WriteFile(badEvent, []byte(`{"version":"bogus"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
-	env := map[string]string{
-		"PATH":                      rie + string(os.PathListSeparator) + os.Getenv("PATH"),
-		"HOME":                      os.Getenv("HOME"),
-		"BOOTSTRAP":                 bootstrap,
-		"HCLOUD_TOKEN_SECRET":       "ssm:" + tokenParam,
-		"AWS_ACCESS_KEY_ID":         "local",
-		"AWS_SECRET_ACCESS_KEY":     "local",
-		"AWS_EC2_METADATA_DISABLED": "true",
-		// A continuation, which the template's 900 s make unneeded here,
-		// must not reach out of loopback.
-		"AWS_ENDPOINT_URL_LAMBDA": "http://127.0.0.1:1",
-	}
-	for k, v := range st.Env() {
-		if k != "HCLOUD_TOKEN" {
-			env[k] = v
-		}
-	}
+	env := stacktest.LocalEnv(st, stacktest.Bootstrap(t, "./functions/builder"))
+	delete(env, "HCLOUD_TOKEN")
+	env["HCLOUD_TOKEN_SECRET"] = "ssm:" + tokenParam
+	// A continuation, which the template's 900 s make unneeded here, must
+	// not reach out of loopback.
+	env["AWS_ENDPOINT_URL_LAMBDA"] = "http://127.0.0.1:1"
 
 	tests := []struct {
 		name, event string
@@ -92,34 +50,15 @@ func TestInvokeScript(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "invoke"), "Builder", tt.event)
-			cmd.Dir = root
-			for k, v := range env {
-				if k != tt.unset {
-					cmd.Env = append(cmd.Env, k+"="+v)
-				}
-			}
-			// SIGTERM lets the script stop the emulator it started.
-			cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-			cmd.WaitDelay = 10 * time.Second
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			exit := 0
-			if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-				exit = ee.ExitCode()
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			if exit != tt.wantExit || !strings.Contains(stdout.String(), tt.wantOut) ||
-				!strings.Contains(stderr.String(), tt.wantErr) {
+			runEnv := maps.Clone(env)
+			delete(runEnv, tt.unset)
+			stdout, stderr, exit := stacktest.Run(t, runEnv, "scripts/invoke", "Builder", tt.event)
+			if exit != tt.wantExit || !strings.Contains(stdout, tt.wantOut) || !strings.Contains(stderr, tt.wantErr) {
 				t.Fatalf("exit %d, stdout:\n%s\nwant exit %d, %q on stdout and %q on stderr; stderr:\n%s",
-					exit, stdout.String(), tt.wantExit, tt.wantOut, tt.wantErr, stderr.String())
+					exit, stdout, tt.wantExit, tt.wantOut, tt.wantErr, stderr)
 			}
 			if tt.name == "build" {
-				checkSnapshot(t, st, stdout.Bytes())
+				checkSnapshot(t, st, []byte(stdout))
 			}
 		})
 	}

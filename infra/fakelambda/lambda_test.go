@@ -467,6 +467,7 @@ func TestChainedEventInvokes(t *testing.T) {
 
 func TestCloseEndsProcesses(t *testing.T) {
 	t.Parallel()
+	needRIE(t)
 	e := New(Options{Functions: map[string]Function{"fn": fnFunction(Function{Timeout: 30 * time.Second})}})
 	url, err := e.Start()
 	if err != nil {
@@ -511,6 +512,7 @@ func TestCloseEndsProcesses(t *testing.T) {
 
 func TestStartValidates(t *testing.T) {
 	t.Parallel()
+	needRIE(t)
 	tests := []struct {
 		name string
 		opts Options
@@ -536,6 +538,7 @@ func TestStartValidates(t *testing.T) {
 
 func TestRIEFailsToStart(t *testing.T) {
 	t.Parallel()
+	needRIE(t)
 	e := New(Options{
 		RIE:       "/bin/false", // exits at once, never listens
 		Functions: map[string]Function{"fn": fnFunction(Function{RetryDelay: 10 * time.Millisecond})},

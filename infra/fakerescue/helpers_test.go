@@ -15,13 +15,16 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
 )
 
 const testDiskSize = 64 << 20
 
-// newPool returns a pool with small, fast defaults that the test closes.
+// newPool returns a pool with small, fast defaults that the test closes;
+// without root it skips the test.
 func newPool(t *testing.T, opts fakerescue.Options) *fakerescue.Pool {
 	t.Helper()
+	testenv.NeedRoot(t)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}

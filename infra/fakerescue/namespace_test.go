@@ -7,10 +7,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
 )
 
 func hostEnvForTest(t *testing.T) hostEnv {
 	t.Helper()
+	testenv.NeedRoot(t)
 	env, err := probeHost()
 	if err != nil {
 		t.Fatalf("probe host: %v", err)

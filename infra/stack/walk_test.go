@@ -11,6 +11,7 @@ import (
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
@@ -20,6 +21,7 @@ import (
 // do it: create a server, boot it into rescue, write the image, snapshot,
 // delete. The snapshot's recorded disk digest must equal the image's.
 func TestManualBuildWalk(t *testing.T) {
+	testenv.NeedLocalWorld(t)
 	st, err := Start(Options{})
 	if err != nil {
 		t.Fatal(err)

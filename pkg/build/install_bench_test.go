@@ -19,6 +19,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
@@ -62,7 +63,7 @@ type benchPipeline struct {
 }
 
 // benchEnv is what all benchmarks share: the images and the rescue pool. It
-// lives as long as the test binary (see TestMain).
+// lives as long as the test binary (see TestMain in main_test.go).
 type benchEnv struct {
 	pool      *fakerescue.Pool
 	images    []*benchImage // one per kind of data
@@ -91,21 +92,10 @@ var bench struct {
 	err  error
 }
 
-// TestMain releases the benchmarks' image and disks, which outlive any one
-// benchmark so that -count>1 does not generate them again.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if bench.env != nil {
-		if err := bench.env.close(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-		}
-	}
-	os.Exit(code)
-}
-
 // benchSetup generates the image and its compressed forms once per process.
 func benchSetup(b *testing.B) *benchEnv {
 	b.Helper()
+	testenv.NeedRoot(b) // the rescue pool
 	bench.once.Do(func() {
 		start := time.Now()
 		bench.env, bench.err = newBenchEnv()

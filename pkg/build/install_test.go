@@ -18,6 +18,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/gpt/gpttest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
@@ -77,6 +78,7 @@ func newRescueLogged(ctx context.Context, pool *fakerescue.Pool, id int64, log *
 // byte and pass the verification; a cut-short download must fail the script
 // after its attempts.
 func TestInstallOnRescueHost(t *testing.T) {
+	testenv.NeedRoot(t) // the rescue pool
 	tgt := Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.VanillaSchematic}
 	f, base, want := startFactory(t, tgt)
 	fc := &talos.Factory{BaseURL: base}
@@ -198,6 +200,7 @@ func TestInstallOnRescueHost(t *testing.T) {
 // A failed attempt is retried from an emptied disk: a connection cut in
 // the middle of the first download leaves no trace once the second succeeds.
 func TestInstallRetriesOnRescueHost(t *testing.T) {
+	testenv.NeedRoot(t) // the rescue pool
 	tgt := Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.VanillaSchematic}
 	f, base, want := startFactory(t, tgt)
 	url, err := (&talos.Factory{BaseURL: base}).ImageURL(tgt.Schematic, tgt.Version, tgt.Arch, talos.Zstd)

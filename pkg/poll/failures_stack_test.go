@@ -38,16 +38,16 @@ func (c *clock) advance(d time.Duration) {
 	c.offset += d
 }
 
-// builderOn returns a Builder of the world's configuration on clock c. Its
+// builderOn returns a Builder of the deployment's configuration on clock c. Its
 // snapshots, which the local cloud stamps with the real time, would look
 // hours old to it: they never time out.
-func (w *world) builderOn(c *clock, change func(*build.Options)) *build.Builder {
-	o := function.BuildOptions(w.cfg, w.cfg.Schematics())
+func (d *deployment) builderOn(c *clock, change func(*build.Options)) *build.Builder {
+	o := function.BuildOptions(d.cfg, d.cfg.Schematics())
 	o.SnapshotTimeout = 1000 * time.Hour
 	if change != nil {
 		change(&o)
 	}
-	return build.New(build.Deps{Cloud: w.cloud, Factory: w.factory, Logger: w.log, Now: c.now}, o)
+	return build.New(build.Deps{Cloud: d.cloud, Factory: d.factory, Logger: d.log, Now: c.now}, o)
 }
 
 // results runs the requests to their end with b and returns their results.
@@ -95,59 +95,59 @@ func TestFailingTargetIsParked(t *testing.T) {
 	for _, loc := range []string{"fsn1", "nbg1", "hel1"} {
 		full = append(full, fakehcloud.Placement{ServerType: "cx23", Location: loc}, fakehcloud.Placement{ServerType: "cax11", Location: loc})
 	}
-	w := newWorld(t, stack.Options{Faults: fakehcloud.Faults{Unavailable: full}}, nil)
+	d := newDeployment(t, stack.Options{Faults: fakehcloud.Faults{Unavailable: full}}, nil)
 	c := &clock{}
-	w.now = c.now
-	b := w.builderOn(c, nil)
+	d.now = c.now
+	b := d.builderOn(c, nil)
 	older := []string{"v1.12.8/amd64", "v1.12.8/arm64"}
 	all := []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}
 
 	for i, wait := range []time.Duration{0, time.Hour + time.Minute, 2*time.Hour + time.Minute, 4*time.Hour + time.Minute} {
 		c.advance(wait)
-		rep := w.poll(false)
+		rep := d.poll(false)
 		check(t, fmt.Sprintf("builds of attempt %d", i+1), targets(rep.Builds), all)
-		check(t, fmt.Sprintf("results of attempt %d", i+1), codes(results(t, b, w.rec.take())),
+		check(t, fmt.Sprintf("results of attempt %d", i+1), codes(results(t, b, d.rec.take())),
 			[]string{"v1.12.8/amd64 failed no-capacity", "v1.12.8/arm64 failed no-capacity"})
 		if i == 3 {
 			break
 		}
 		// Half-way through the backoff nothing starts.
 		c.advance(wait/2 + 10*time.Minute)
-		quiet := w.poll(false)
+		quiet := d.poll(false)
 		check(t, "builds while backed off", targets(quiet.Builds), []string{})
 		check(t, "backed off", failing(quiet.BackedOff), []string{"v1.12.8/amd64 no-capacity", "v1.12.8/arm64 no-capacity"})
 		c.advance(-(wait/2 + 10*time.Minute))
 	}
 
 	c.advance(25 * time.Hour)
-	creates := w.st.Cloud.CountRequests(http.MethodPost, "/v1/servers")
-	rep := w.poll(false)
+	creates := d.st.Cloud.CountRequests(http.MethodPost, "/v1/servers")
+	rep := d.poll(false)
 	check(t, "parked", failing(rep.Parked), []string{"v1.12.8/amd64 no-capacity", "v1.12.8/arm64 no-capacity"})
 	check(t, "deferred after parking", targets(rep.Deferred), older)
 	checkReasons(t, "deferred after parking", rep.Deferred, "parked after 4 failed build(s)")
 	check(t, "builds after parking", targets(rep.Builds), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
-	w.rec.take()
+	d.rec.take()
 
 	older0 := build.Request{Version: "v1.12.8", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
 	check(t, "a request without force", codes(results(t, b, []build.Request{older0})), []string{"v1.12.8/amd64 failed parked"})
-	if n := w.st.Cloud.CountRequests(http.MethodPost, "/v1/servers"); n != creates {
+	if n := d.st.Cloud.CountRequests(http.MethodPost, "/v1/servers"); n != creates {
 		t.Errorf("a refused request tried %d server creates", n-creates)
 	}
-	w.st.Cloud.SetFaults(fakehcloud.Faults{})
+	d.st.Cloud.SetFaults(fakehcloud.Faults{})
 	forced := older0
 	forced.Force = true
 	check(t, "a forced request", codes(results(t, b, []build.Request{forced})), []string{"v1.12.8/amd64 done "})
-	check(t, "snapshots", w.snapshots(), []string{"v1.12.8/amd64"})
+	check(t, "snapshots", d.snapshots(), []string{"v1.12.8/amd64"})
 
 	// Another location list is another configuration: the arm64 record no
 	// longer applies.
-	w.cfg.Locations = []string{"fsn1", "nbg1"}
-	rep = w.poll(true)
+	d.cfg.Locations = []string{"fsn1", "nbg1"}
+	rep = d.poll(true)
 	check(t, "parked after the change", failing(rep.Parked), []string{})
 	check(t, "deleted records", len(rep.DeleteRecords), 1)
 	check(t, "builds after the change", targets(rep.Builds), []string{"v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"})
 	var records []string
-	for _, k := range w.st.Cloud.SSHKeys() {
+	for _, k := range d.st.Cloud.SSHKeys() {
 		if k.Labels[label.Role] == label.RoleFailure {
 			records = append(records, k.Labels[label.TalosVersion]+"/"+k.Labels[label.Arch])
 		}
@@ -165,10 +165,10 @@ func TestFailingTargetIsParked(t *testing.T) {
 func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 	t.Parallel()
 	const slow = 4 * time.Second
-	w := newWorld(t, stack.Options{Faults: fakehcloud.Faults{SlowImages: 1, SlowImageFor: slow}}, nil)
+	d := newDeployment(t, stack.Options{Faults: fakehcloud.Faults{SlowImages: 1, SlowImageFor: slow}}, nil)
 	c := &clock{}
-	w.now = c.now
-	b := w.builderOn(c, func(o *build.Options) { o.SnapshotWait = 500 * time.Millisecond })
+	d.now = c.now
+	b := d.builderOn(c, func(o *build.Options) { o.SnapshotWait = 500 * time.Millisecond })
 	stuck := build.Target{Version: "v1.12.8", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
 	// One invocation, nothing carrying it on: it hands over at wait.
 	if res := b.Build(context.Background(), stuck, build.Request{}); res.State != build.InProgress || res.Step != build.StepWait {
@@ -177,7 +177,7 @@ func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 	snapshotTaken := time.Now()
 
 	c.advance(31 * time.Minute) // past SNAPSHOT_TIMEOUT (30m)
-	rep := w.poll(false)
+	rep := d.poll(false)
 	if len(rep.FailSnapshots) != 1 || rep.FailSnapshots[0].Target == nil || *rep.FailSnapshots[0].Target != stuck ||
 		!strings.Contains(rep.FailSnapshots[0].Reason, "past SNAPSHOT_TIMEOUT") || rep.FailSnapshots[0].Failures != 1 {
 		t.Fatalf("failed snapshots %+v", rep.FailSnapshots)
@@ -187,8 +187,8 @@ func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/arm64", "v1.13.9/arm64"})
 	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64", "v1.13.9/amd64"})
 	checkReasons(t, "deferred", rep.Deferred, "backed off", "oldest version first")
-	w.rec.take()
-	imgs := w.st.Cloud.Images()
+	d.rec.take()
+	imgs := d.st.Cloud.Images()
 	for _, img := range imgs {
 		if img.Type == "snapshot" && (img.Labels[label.OS] != "" || img.Labels[label.TalosVersion] != "") {
 			t.Errorf("the failed snapshot keeps consumer labels: %v", img.Labels)
@@ -196,17 +196,17 @@ func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 	}
 
 	time.Sleep(time.Until(snapshotTaken.Add(slow + 500*time.Millisecond))) // its action ends
-	rep = w.poll(false)
+	rep = d.poll(false)
 	if len(rep.FailSnapshots) != 1 || rep.FailSnapshots[0].Failures != 0 {
 		t.Errorf("the stripped snapshot is not deleted: %+v", rep.FailSnapshots)
 	}
-	check(t, "snapshots after the stripped one is deleted", w.snapshots(), []string{})
-	w.rec.take()
+	check(t, "snapshots after the stripped one is deleted", d.snapshots(), []string{})
+	d.rec.take()
 
 	c.advance(time.Hour + time.Minute)
-	rep = w.poll(false)
+	rep = d.poll(false)
 	check(t, "redrives after the backoff", targets(rep.Redrives), []string{"v1.12.8/amd64"})
-	reqs := w.rec.take()
+	reqs := d.rec.take()
 	var redrive []build.Request
 	for _, r := range reqs {
 		if r.Version == stuck.Version && r.Arch == stuck.Arch {
@@ -214,8 +214,8 @@ func TestStuckSnapshotIsFailedByThePoller(t *testing.T) {
 		}
 	}
 	check(t, "the re-driven build", codes(results(t, b, redrive)), []string{"v1.12.8/amd64 done "})
-	check(t, "snapshots", w.snapshots(), []string{"v1.12.8/amd64"})
-	if servers, keys := w.leftovers(); len(servers)+len(keys) != 0 {
+	check(t, "snapshots", d.snapshots(), []string{"v1.12.8/amd64"})
+	if servers, keys := d.leftovers(); len(servers)+len(keys) != 0 {
 		t.Errorf("left: servers %+v, keys (records included) %+v", servers, keys)
 	}
 }

@@ -19,7 +19,7 @@ var policy = build.FailurePolicy{Config: "cfg"}
 
 // record adds the failure record of spec: failures so far, the last failed
 // at, under configuration config.
-func (w *world) record(spec string, failures int, at time.Time, config string) int64 {
+func (proj *project) record(spec string, failures int, at time.Time, config string) int64 {
 	pol := policy
 	pol.Config = config
 	var rec build.FailureRecord
@@ -30,8 +30,8 @@ func (w *world) record(spec string, failures int, at time.Time, config string) i
 		}
 		rec = pol.Record(prev, tgt(spec), "", "download", build.StepInstall, "req", at)
 	}
-	k := &hcloud.SSHKey{ID: w.id(), Name: rec.Name(), Labels: rec.Labels(), Created: at}
-	w.state.Records = append(w.state.Records, k)
+	k := &hcloud.SSHKey{ID: proj.id(), Name: rec.Name(), Labels: rec.Labels(), Created: at}
+	proj.state.Records = append(proj.state.Records, k)
 	return k.ID
 }
 
@@ -58,52 +58,52 @@ func TestPlanHoldsFailingTargets(t *testing.T) {
 	}
 	tests := []struct {
 		name  string
-		setup func(w *world) want
+		setup func(proj *project) want
 	}{
-		{"a backed-off target waits, and holds the newer versions of its group", func(w *world) want {
-			w.record("v1.12.8/amd64", 1, now.Add(-10*time.Minute), "cfg")
+		{"a backed-off target waits, and holds the newer versions of its group", func(proj *project) want {
+			proj.record("v1.12.8/amd64", 1, now.Add(-10*time.Minute), "cfg")
 			return want{builds: []string{"v1.12.8/arm64", "v1.13.9/arm64"}, deferred: []string{"v1.12.8/amd64", "v1.13.9/amd64"},
 				backedOff: []string{"v1.12.8/amd64 1 download"},
 				why: map[string]string{"v1.12.8/amd64": "backed off after 1 failed build(s), the last download at step install",
 					"v1.13.9/amd64": "v1.12.8 of amd64/ce4c9805 is backed off after failing"}}
 		}},
-		{"after its backoff it is built again", func(w *world) want {
-			w.record("v1.12.8/amd64", 2, now.Add(-2*time.Hour-time.Minute), "cfg")
+		{"after its backoff it is built again", func(proj *project) want {
+			proj.record("v1.12.8/amd64", 2, now.Add(-2*time.Hour-time.Minute), "cfg")
 			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}}
 		}},
-		{"a parked target gives up its place in the group", func(w *world) want {
-			w.record("v1.12.8/amd64", 4, now.Add(-100*time.Hour), "cfg")
+		{"a parked target gives up its place in the group", func(proj *project) want {
+			proj.record("v1.12.8/amd64", 4, now.Add(-100*time.Hour), "cfg")
 			return want{builds: []string{"v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}, deferred: []string{"v1.12.8/amd64"},
 				parked: []string{"v1.12.8/amd64 4 download"},
 				why:    map[string]string{"v1.12.8/amd64": "parked after 4 failed build(s)"}}
 		}},
-		{"a record of another configuration is deleted and holds nothing", func(w *world) want {
-			id := w.record("v1.12.8/amd64", 4, now.Add(-time.Minute), "old")
+		{"a record of another configuration is deleted and holds nothing", func(proj *project) want {
+			id := proj.record("v1.12.8/amd64", 4, now.Add(-time.Minute), "old")
 			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
 				deleted: []int64{id}}
 		}},
-		{"a record of a version no longer tracked is deleted", func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Hour)
-			w.snap("v1.12.8/arm64", time.Hour)
-			w.snap("v1.13.9/amd64", time.Hour)
-			w.snap("v1.13.9/arm64", time.Hour)
-			id := w.record("v1.13.8/amd64", 1, now.Add(-time.Minute), "cfg")
+		{"a record of a version no longer tracked is deleted", func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Hour)
+			proj.snap("v1.12.8/arm64", time.Hour)
+			proj.snap("v1.13.9/amd64", time.Hour)
+			proj.snap("v1.13.9/arm64", time.Hour)
+			id := proj.record("v1.13.8/amd64", 1, now.Add(-time.Minute), "cfg")
 			return want{deleted: []int64{id}}
 		}},
-		{"a record older than its target's snapshot is deleted; a forced rebuild's failure holds", func(w *world) want {
-			w.snap("v1.12.8/amd64", 5*time.Minute)
-			w.snap("v1.12.8/arm64", 2*time.Hour)
-			id := w.record("v1.12.8/amd64", 1, now.Add(-time.Hour), "cfg")
-			w.record("v1.12.8/arm64", 1, now.Add(-30*time.Minute), "cfg")
+		{"a record older than its target's snapshot is deleted; a forced rebuild's failure holds", func(proj *project) want {
+			proj.snap("v1.12.8/amd64", 5*time.Minute)
+			proj.snap("v1.12.8/arm64", 2*time.Hour)
+			id := proj.record("v1.12.8/amd64", 1, now.Add(-time.Hour), "cfg")
+			proj.record("v1.12.8/arm64", 1, now.Add(-30*time.Minute), "cfg")
 			return want{builds: []string{"v1.13.9/amd64"}, deferred: []string{"v1.13.9/arm64"}, deleted: []int64{id},
 				backedOff: []string{"v1.12.8/arm64 1 download"}}
 		}},
-		{"the left-over server of a held target is not re-driven", func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Hour)
-			w.snap("v1.12.8/arm64", time.Hour)
-			w.record("v1.13.9/amd64", 1, now.Add(-time.Minute), "cfg")
-			w.server("v1.13.9/amd64", 5*time.Minute, "none")
-			w.server("v1.13.9/arm64", 5*time.Minute, "expired")
+		{"the left-over server of a held target is not re-driven", func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Hour)
+			proj.snap("v1.12.8/arm64", time.Hour)
+			proj.record("v1.13.9/amd64", 1, now.Add(-time.Minute), "cfg")
+			proj.server("v1.13.9/amd64", 5*time.Minute, "none")
+			proj.server("v1.13.9/arm64", 5*time.Minute, "expired")
 			return want{redrives: []string{"v1.13.9/arm64"}, deferred: []string{"v1.13.9/amd64"},
 				backedOff: []string{"v1.13.9/amd64 1 download"},
 				why:       map[string]string{"v1.13.9/amd64": "its build server is not re-driven: backed off"}}
@@ -111,9 +111,9 @@ func TestPlanHoldsFailingTargets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t, "v1.12.8", "v1.13.9")
-			wt := tt.setup(w)
-			p := NewPlan(w.state, withFailures(base))
+			proj := newProject(t, "v1.12.8", "v1.13.9")
+			wt := tt.setup(proj)
+			p := NewPlan(proj.state, withFailures(base))
 			for _, c := range []struct {
 				what      string
 				got, want any
@@ -155,16 +155,16 @@ func TestPlanHoldsFailingTargets(t *testing.T) {
 // One whose build holds a live lease is left to that build; one left
 // marked failed is deleted.
 func TestPlanFailsStuckSnapshots(t *testing.T) {
-	w := newWorld(t, "v1.12.8", "v1.13.9")
-	stuck := w.snap("v1.12.8/amd64", 45*time.Minute, "creating")
-	young := w.snap("v1.12.8/arm64", 10*time.Minute, "creating")
-	w.state.Snapshots[len(w.state.Snapshots)-1].Labels[label.Build] = "1"
-	before := NewPlan(w.state, base) // without a snapshot timeout, as before
+	proj := newProject(t, "v1.12.8", "v1.13.9")
+	stuck := proj.snap("v1.12.8/amd64", 45*time.Minute, "creating")
+	young := proj.snap("v1.12.8/arm64", 10*time.Minute, "creating")
+	proj.state.Snapshots[len(proj.state.Snapshots)-1].Labels[label.Build] = "1"
+	before := NewPlan(proj.state, base) // without a snapshot timeout, as before
 	if got := specs(before.Builds); len(got) != 0 {
 		t.Fatalf("without SNAPSHOT_TIMEOUT the stuck snapshot's group builds %v", got)
 	}
 
-	p := NewPlan(w.state, withFailures(base))
+	p := NewPlan(proj.state, withFailures(base))
 	if got := ids(resources(p.FailSnapshots)); !slices.Equal(got, []int64{stuck}) {
 		t.Fatalf("failed snapshots %v, want %d (not the young %d)", got, stuck, young)
 	}
@@ -184,28 +184,28 @@ func TestPlanFailsStuckSnapshots(t *testing.T) {
 	}
 
 	// A counted record goes on counting.
-	w.record("v1.12.8/amd64", 2, now.Add(-5*time.Hour), "cfg")
-	if p := NewPlan(w.state, withFailures(base)); p.FailSnapshots[0].Failures != 3 {
+	proj.record("v1.12.8/amd64", 2, now.Add(-5*time.Hour), "cfg")
+	if p := NewPlan(proj.state, withFailures(base)); p.FailSnapshots[0].Failures != 3 {
 		t.Errorf("failures after a recorded one: %d", p.FailSnapshots[0].Failures)
 	}
 
 	// Watched by a build with a live lease: its build judges it.
-	w = newWorld(t, "v1.12.8", "v1.13.9")
-	w.snap("v1.12.8/amd64", 45*time.Minute, "creating")
-	srv := w.server("v1.12.8/amd64", 50*time.Minute, "active")
-	w.state.Snapshots[0].Labels[label.Build] = fmt.Sprint(srv)
-	if p := NewPlan(w.state, withFailures(base)); len(p.FailSnapshots) != 0 {
+	proj = newProject(t, "v1.12.8", "v1.13.9")
+	proj.snap("v1.12.8/amd64", 45*time.Minute, "creating")
+	srv := proj.server("v1.12.8/amd64", 50*time.Minute, "active")
+	proj.state.Snapshots[0].Labels[label.Build] = fmt.Sprint(srv)
+	if p := NewPlan(proj.state, withFailures(base)); len(p.FailSnapshots) != 0 {
 		t.Errorf("a watched snapshot was failed: %+v", p.FailSnapshots)
 	}
 
 	// Unavailable, and a left-over marked one.
-	w = newWorld(t, "v1.12.8", "v1.13.9")
-	w.snap("v1.12.8/amd64", time.Minute)
-	w.state.Snapshots[0].Status = "unavailable"
-	left := &hcloud.Image{ID: w.id(), Status: hcloud.ImageStatusAvailable, Created: now.Add(-time.Hour), Labels: map[string]string{
+	proj = newProject(t, "v1.12.8", "v1.13.9")
+	proj.snap("v1.12.8/amd64", time.Minute)
+	proj.state.Snapshots[0].Status = "unavailable"
+	left := &hcloud.Image{ID: proj.id(), Status: hcloud.ImageStatusAvailable, Created: now.Add(-time.Hour), Labels: map[string]string{
 		label.Managed: label.ManagedValue, label.Build: "5", label.Failed: "timeout"}}
-	w.state.Snapshots = append(w.state.Snapshots, left)
-	p = NewPlan(w.state, withFailures(base))
+	proj.state.Snapshots = append(proj.state.Snapshots, left)
+	p = NewPlan(proj.state, withFailures(base))
 	if len(p.FailSnapshots) != 2 || p.FailSnapshots[0].record.Code != "snapshot-status-unavailable" ||
 		p.FailSnapshots[1].record != nil || p.FailSnapshots[1].ID != left.ID {
 		t.Errorf("failed snapshots %+v", p.FailSnapshots)

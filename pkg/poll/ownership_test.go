@@ -16,6 +16,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
@@ -31,40 +32,40 @@ import (
 // a GitHub outage that lasts.
 func TestGitHubDownStillCleansUp(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{ActionDurations: slowCreate}, map[string]string{"RETENTION_KEEP_OTHERS": "0"})
-	w.addOld("v1.10.0", "amd64", 1000*time.Hour) // beyond retention
+	d := newDeployment(t, stack.Options{ActionDurations: slowCreate}, map[string]string{"RETENTION_KEEP_OTHERS": "0"})
+	d.addOld("v1.10.0", "amd64", 1000*time.Hour) // beyond retention
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
-	w.breakBuild(stuck)
-	orphan, err := w.cloud.CreateSSHKey(context.Background(), "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease)))
+	d.breakBuild(stuck)
+	orphan, err := d.cloud.CreateSSHKey(context.Background(), "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.st.GitHub.ForceSecondaryRateLimit(http.StatusForbidden, time.Minute, 1000)
+	d.st.GitHub.ForceSecondaryRateLimit(http.StatusForbidden, time.Minute, 1000)
 
-	rep, err := w.run(false)
+	rep, err := d.run(false)
 	if !release.IsRateLimited(err) {
 		t.Fatalf("err = %v, want GitHub's rate limit", err)
 	}
 	check(t, "re-drives", targets(rep.Redrives), []string{"v1.13.9/amd64"})
 	check(t, "builds, prunes", []int{len(rep.Builds), len(rep.Prune)}, []int{0, 0})
-	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.9/amd64"})
+	check(t, "Builder payloads", requests(d.rec.take()), []string{"v1.13.9/amd64"})
 	checkSkipped(t, rep, "builds and pruning: the tracked versions are unknown: list releases:")
 
-	w.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
-	rep, err = w.run(false)
+	d.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
+	rep, err = d.run(false)
 	if !release.IsRateLimited(err) {
 		t.Fatalf("err = %v, want GitHub's rate limit", err)
 	}
 	check(t, "collected servers", len(rep.CollectServers), 1)
 	check(t, "collected keys", len(rep.CollectKeys), 1)
-	servers, keys := w.leftovers()
+	servers, keys := d.leftovers()
 	if len(servers) != 0 || len(keys) != 0 {
 		t.Errorf("left: servers %+v, keys %+v", servers, keys)
 	}
-	if _, ok := w.st.Cloud.Image(rep.CollectKeys[0].ID); ok || rep.CollectKeys[0].ID != orphan.ID {
+	if _, ok := d.st.Cloud.Image(rep.CollectKeys[0].ID); ok || rep.CollectKeys[0].ID != orphan.ID {
 		t.Errorf("collected key %+v, want the orphan %d", rep.CollectKeys[0], orphan.ID)
 	}
-	check(t, "snapshots (nothing pruned)", w.snapshots(), []string{"v1.10.0/amd64"})
+	check(t, "snapshots (nothing pruned)", d.snapshots(), []string{"v1.10.0/amd64"})
 }
 
 func checkSkipped(t *testing.T, rep poll.Report, want ...string) {
@@ -121,21 +122,17 @@ const customization = "customization:\n  extraKernelArgs:\n    - net.ifnames=0\n
 // registered, once, and its builds start.
 func TestFactoryDownStillCleansUp(t *testing.T) {
 	t.Parallel()
-	st, err := stack.Start(stack.Options{ActionDurations: slowCreate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := stacktest.Start(t, stack.Options{ActionDurations: slowCreate})
 	factory := newHangingFactory(t, st.Factory)
-	w := attach(t, st, localDeployment, map[string]string{"TALOS_FACTORY_URL": factory.srv.URL,
+	d := attach(t, st, localDeployment, map[string]string{"TALOS_FACTORY_URL": factory.srv.URL,
 		"SCHEMATIC_IDS": talos.QemuGuestAgentSchematic, "SCHEMATIC_CUSTOMIZATION": customization, "MAX_BUILDS_PER_POLL": "10"})
-	w.factory.HeadTimeout, w.factory.SchematicTimeout = 300*time.Millisecond, 300*time.Millisecond
+	d.factory.HeadTimeout, d.factory.SchematicTimeout = 300*time.Millisecond, 300*time.Millisecond
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
-	w.breakBuild(stuck)
+	d.breakBuild(stuck)
 	factory.down.Store(true)
 
 	start := time.Now()
-	rep := w.poll(false)
+	rep := d.poll(false)
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("the poll took %s", took)
 	}
@@ -144,31 +141,31 @@ func TestFactoryDownStillCleansUp(t *testing.T) {
 	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/arm64"})
 	checkReasons(t, "deferred", rep.Deferred, "the image factory is building it", oneAtATime)
 	checkSkipped(t, rep, "builds, re-drives and pruning of the customization's schematic: SCHEMATIC_CUSTOMIZATION: register schematic: no answer within 300ms")
-	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.9/amd64"})
+	check(t, "Builder payloads", requests(d.rec.take()), []string{"v1.13.9/amd64"})
 
 	ctx := context.Background()
-	_, err = w.builder.Handle(ctx, build.Request{Version: "v1.12.8", Arch: "arm64", Schematic: talos.QemuGuestAgentSchematic})
+	_, err := d.builder.Handle(ctx, build.Request{Version: "v1.12.8", Arch: "arm64", Schematic: talos.QemuGuestAgentSchematic})
 	var retry *build.RetryError
 	if !errors.As(err, &retry) || !strings.Contains(err.Error(), "the image factory is building") {
 		t.Errorf("a request for the configured schematic: %v, want it retried for the factory's check", err)
 	}
-	if _, err := w.builder.Handle(ctx, build.Request{Version: "v1.12.8"}); err == nil ||
+	if _, err := d.builder.Handle(ctx, build.Request{Version: "v1.12.8"}); err == nil ||
 		!strings.Contains(err.Error(), "build to be retried: the request may name the schematic of SCHEMATIC_CUSTOMIZATION") {
 		t.Errorf("a request for every schematic: %v, want it retried for the customization", err)
 	}
 
-	w.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
-	rep = w.poll(false)
+	d.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
+	rep = d.poll(false)
 	check(t, "collected servers", len(rep.CollectServers), 1)
-	if servers, _ := w.leftovers(); len(servers) != 0 {
+	if servers, _ := d.leftovers(); len(servers) != 0 {
 		t.Errorf("servers left: %+v", servers)
 	}
 
 	factory.down.Store(false)
 	// Patient again: the local factory makes an image on its first request.
-	w.factory.HeadTimeout, w.now = 0, time.Now
+	d.factory.HeadTimeout, d.now = 0, time.Now
 	for range 2 {
-		rep = w.poll(true)
+		rep = d.poll(true)
 		checkSkipped(t, rep)
 		var custom []string
 		for _, it := range rep.Builds {
@@ -194,11 +191,7 @@ func TestFactoryDownStillCleansUp(t *testing.T) {
 // nothing.
 func TestTwoDeploymentsShareAProject(t *testing.T) {
 	t.Parallel()
-	st, err := stack.Start(stack.Options{ActionDurations: slowCreate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := stacktest.Start(t, stack.Options{ActionDurations: slowCreate})
 	prod := attach(t, st, "eu-central-1.prod-builder", map[string]string{"CLUSTER_NAME": "prod"})
 	staging := attach(t, st, "eu-central-1.staging-builder", map[string]string{"CLUSTER_NAME": "staging"})
 	prod.poll(true)
@@ -247,7 +240,7 @@ func TestTwoDeploymentsShareAProject(t *testing.T) {
 	mutations := prod.mutations()
 	prod2 := attach(t, st, "eu-west-1.prod-builder", map[string]string{"CLUSTER_NAME": "prod"})
 	prod2.now = later
-	_, err = prod2.run(false)
+	_, err := prod2.run(false)
 	if !build.IsOtherDeployment(err) || !strings.Contains(err.Error(), "another deployment (eu-central-1.prod-builder, last seen") ||
 		!strings.Contains(err.Error(), "CLUSTER_NAME=prod") {
 		t.Errorf("a second deployment of cluster prod: %v", err)
@@ -285,21 +278,21 @@ func TestTwoDeploymentsShareAProject(t *testing.T) {
 	}
 }
 
-// holdLease makes the lease key of w's build of tg, as its holder renews
+// holdLease makes the lease key of d's build of tg, as its holder renews
 // it, held until until.
-func holdLease(t *testing.T, w *world, tg build.Target, until time.Time) {
+func holdLease(t *testing.T, d *deployment, tg build.Target, until time.Time) {
 	t.Helper()
 	l := map[string]string{label.Managed: label.ManagedValue, label.TalosVersion: tg.Version, label.Arch: tg.Arch,
 		label.TalosSchematic: tg.Schematic[:32], label.SchematicRest: tg.Schematic[32:],
 		label.Role: label.RoleLease, label.LeaseOwner: "a-live-invocation",
 		label.LeaseUntil: strconv.FormatInt(until.Unix(), 10)}
-	if w.cfg.Cluster != "" {
-		l[label.Cluster] = w.cfg.Cluster
+	if d.cfg.Cluster != "" {
+		l[label.Cluster] = d.cfg.Cluster
 	}
 	if !build.LeaseActive(l, time.Now()) {
 		t.Fatalf("lease labels %v are not active", l)
 	}
-	if _, err := w.cloud.CreateSSHKey(context.Background(), tg.Name(w.cfg.Cluster), newPublicKey(t), l); err != nil {
+	if _, err := d.cloud.CreateSSHKey(context.Background(), tg.Name(d.cfg.Cluster), newPublicKey(t), l); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -52,35 +52,39 @@ func tgt(spec string) build.Target {
 	return build.Target{Version: p[0], Arch: p[1], Schematic: s}
 }
 
-type world struct {
+// project is a Hetzner project as the planner sees it, made by hand in
+// memory: the State its snapshots, build servers and lease keys, the
+// tracked versions and the time make, and the IDs it hands out.
+type project struct {
 	t     *testing.T
 	state State
 	next  int64
 }
 
-func newWorld(t *testing.T, tracked ...string) *world {
-	w := &world{t: t, state: State{Now: now}, next: 100}
-	w.track(tracked...)
-	return w
+// newProject returns an empty project that tracks the versions tracked.
+func newProject(t *testing.T, tracked ...string) *project {
+	proj := &project{t: t, state: State{Now: now}, next: 100}
+	proj.track(tracked...)
+	return proj
 }
 
 // track sets the tracked versions.
-func (w *world) track(versions ...string) {
-	w.state.Tracked = nil
+func (proj *project) track(versions ...string) {
+	proj.state.Tracked = nil
 	for _, v := range versions {
 		pv, err := talos.ParseVersion(v)
 		if err != nil {
-			w.t.Fatal(err)
+			proj.t.Fatal(err)
 		}
-		w.state.Tracked = append(w.state.Tracked, pv)
+		proj.state.Tracked = append(proj.state.Tracked, pv)
 	}
 }
 
-func (w *world) id() int64 { w.next++; return w.next }
+func (proj *project) id() int64 { proj.next++; return proj.next }
 
 // snap adds a managed snapshot created age ago; opts: "creating",
 // "unmanaged", "cluster=x".
-func (w *world) snap(spec string, age time.Duration, opts ...string) int64 {
+func (proj *project) snap(spec string, age time.Duration, opts ...string) int64 {
 	cluster := ""
 	status := hcloud.ImageStatusAvailable
 	managed := true
@@ -94,36 +98,36 @@ func (w *world) snap(spec string, age time.Duration, opts ...string) int64 {
 			cluster = strings.TrimPrefix(o, "cluster=")
 		}
 	}
-	l := targetLabels(w.t, tgt(spec), cluster)
+	l := targetLabels(proj.t, tgt(spec), cluster)
 	l[label.OS] = "talos"
 	if !managed {
 		delete(l, label.Managed)
 	}
-	img := &hcloud.Image{ID: w.id(), Type: hcloud.ImageTypeSnapshot, Status: status, Labels: l, Created: now.Add(-age)}
-	w.state.Snapshots = append(w.state.Snapshots, img)
+	img := &hcloud.Image{ID: proj.id(), Type: hcloud.ImageTypeSnapshot, Status: status, Labels: l, Created: now.Add(-age)}
+	proj.state.Snapshots = append(proj.state.Snapshots, img)
 	return img.ID
 }
 
 // server adds a build server created age ago; lease is "none", "active"
 // or "expired", and an optional key age (default: as old as the server).
-func (w *world) server(spec string, age time.Duration, lease string, cluster ...string) int64 {
+func (proj *project) server(spec string, age time.Duration, lease string, cluster ...string) int64 {
 	tg := tgt(spec)
 	c := strings.Join(cluster, "")
-	l := targetLabels(w.t, tg, c)
+	l := targetLabels(proj.t, tg, c)
 	l[label.Role] = label.RoleBuildServer
-	srv := &hcloud.Server{ID: w.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
-	w.state.Servers = append(w.state.Servers, srv)
+	srv := &hcloud.Server{ID: proj.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
+	proj.state.Servers = append(proj.state.Servers, srv)
 	if lease != "none" {
-		w.key(spec, age, lease == "active", cluster...)
+		proj.key(spec, age, lease == "active", cluster...)
 	}
 	return srv.ID
 }
 
 // key adds a lease key created age ago, of an optional cluster.
-func (w *world) key(spec string, age time.Duration, active bool, cluster ...string) int64 {
+func (proj *project) key(spec string, age time.Duration, active bool, cluster ...string) int64 {
 	tg := tgt(spec)
 	c := strings.Join(cluster, "")
-	l := targetLabels(w.t, tg, c)
+	l := targetLabels(proj.t, tg, c)
 	l[label.Role] = label.RoleLease
 	until := now.Add(-time.Minute)
 	if active {
@@ -131,10 +135,10 @@ func (w *world) key(spec string, age time.Duration, active bool, cluster ...stri
 	}
 	l[label.LeaseUntil] = strconv.FormatInt(until.Unix(), 10)
 	if build.LeaseActive(l, now) != active {
-		w.t.Fatalf("lease labels %v: active %v, want %v", l, !active, active)
+		proj.t.Fatalf("lease labels %v: active %v, want %v", l, !active, active)
 	}
-	k := &hcloud.SSHKey{ID: w.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
-	w.state.Keys = append(w.state.Keys, k)
+	k := &hcloud.SSHKey{ID: proj.id(), Name: tg.Name(c), Labels: l, Created: now.Add(-age)}
+	proj.state.Keys = append(proj.state.Keys, k)
 	return k.ID
 }
 
@@ -187,280 +191,280 @@ func TestNewPlan(t *testing.T) {
 			arch, qga[:8], is, latest, highest, highest)
 	}
 	// olderLinePatch: v1.12.9 came out after v1.13.9 and was built last.
-	olderLinePatch := func(w *world) {
-		w.track("v1.12.9", "v1.13.9")
+	olderLinePatch := func(proj *project) {
+		proj.track("v1.12.9", "v1.13.9")
 		for _, a := range []string{"amd64", "arm64"} {
-			w.snap("v1.12.8/"+a, 100*time.Hour)
-			w.snap("v1.13.9/"+a, 50*time.Hour)
-			w.snap("v1.12.9/"+a, time.Hour)
+			proj.snap("v1.12.8/"+a, 100*time.Hour)
+			proj.snap("v1.13.9/"+a, 50*time.Hour)
+			proj.snap("v1.12.9/"+a, time.Hour)
 		}
 	}
 	maxBuilds1 := func(r Rules) Rules { r.MaxBuilds = 1; return r }
 	tests := []struct {
 		name  string
 		rules func(Rules) Rules
-		setup func(w *world) want
+		setup func(proj *project) want
 	}{
-		{"a first poll builds every version, one after the other per architecture and schematic, oldest first", nil, func(w *world) want {
+		{"a first poll builds every version, one after the other per architecture and schematic, oldest first", nil, func(proj *project) want {
 			why := map[string]string{"v1.12.8/amd64": "tracked version without a snapshot", "v1.13.9/arm64": "tracked version without a snapshot"}
 			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
 				after: []string{"", "", "v1.12.8", "v1.12.8"}, why: why}
 		}},
-		{"the next poll builds the next version", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Hour)
-			w.snap("v1.12.8/arm64", time.Hour)
+		{"the next poll builds the next version", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Hour)
+			proj.snap("v1.12.8/arm64", time.Hour)
 			return want{builds: []string{"v1.13.9/amd64", "v1.13.9/arm64"}}
 		}},
-		{"the cap counts the builds of all groups, queued ones too", maxBuilds1, func(w *world) want {
+		{"the cap counts the builds of all groups, queued ones too", maxBuilds1, func(proj *project) want {
 			why := map[string]string{"v1.12.8/arm64": capped, "v1.13.9/amd64": capped, "v1.13.9/arm64": capped}
 			return want{builds: []string{"v1.12.8/amd64"},
 				deferred: []string{"v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"}, why: why}
 		}},
-		{"schematics times architectures are groups of their own", func(r Rules) Rules { r.Schematics = []string{qga, van}; r.MaxBuilds = 9; return r }, func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Hour)
-			w.snap("v1.12.8/arm64", time.Hour)
+		{"schematics times architectures are groups of their own", func(r Rules) Rules { r.Schematics = []string{qga, van}; r.MaxBuilds = 9; return r }, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Hour)
+			proj.snap("v1.12.8/arm64", time.Hour)
 			return want{builds: []string{"v1.12.8/amd64/vanilla", "v1.12.8/arm64/vanilla", "v1.13.9/amd64", "v1.13.9/arm64",
 				"v1.13.9/amd64/vanilla", "v1.13.9/arm64/vanilla"}, after: []string{"", "", "", "", "v1.12.8", "v1.12.8"}}
 		}},
-		{"nothing to do", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", 10*time.Hour)
-			w.snap("v1.12.8/arm64", 10*time.Hour)
-			w.snap("v1.13.9/amd64", time.Hour, "creating")
-			w.snap("v1.13.9/arm64", 9*time.Hour)
+		{"nothing to do", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", 10*time.Hour)
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
+			proj.snap("v1.13.9/amd64", time.Hour, "creating")
+			proj.snap("v1.13.9/arm64", 9*time.Hour)
 			return want{}
 		}},
-		{"unmanaged and other clusters' snapshots do not count and stay", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Hour, "unmanaged")
-			w.snap("v1.12.8/arm64", time.Hour, "cluster=prod")
-			w.snap("v1.13.9/amd64", time.Hour)
-			w.snap("v1.13.9/arm64", time.Hour)
-			w.snap("v1.10.0/amd64", 900*time.Hour, "unmanaged")
-			w.snap("v1.10.0/amd64", 900*time.Hour, "cluster=prod")
+		{"unmanaged and other clusters' snapshots do not count and stay", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Hour, "unmanaged")
+			proj.snap("v1.12.8/arm64", time.Hour, "cluster=prod")
+			proj.snap("v1.13.9/amd64", time.Hour)
+			proj.snap("v1.13.9/arm64", time.Hour)
+			proj.snap("v1.10.0/amd64", 900*time.Hour, "unmanaged")
+			proj.snap("v1.10.0/amd64", 900*time.Hour, "cluster=prod")
 			return want{builds: []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
 				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, after: []string{"", "", "v1.12.8", "v1.12.8"},
 				why: map[string]string{"v1.13.9/amd64": rebuild("amd64", "will be", "v1.12.8", "v1.13.9")}}
 		}},
-		{"running builds are left alone and hold their group", nil, func(w *world) want {
-			w.server("v1.12.8/amd64", 10*time.Minute, "active")
-			w.server("v1.12.8/arm64", 10*time.Minute, "active")
+		{"running builds are left alone and hold their group", nil, func(proj *project) want {
+			proj.server("v1.12.8/amd64", 10*time.Minute, "active")
+			proj.server("v1.12.8/arm64", 10*time.Minute, "active")
 			return want{deferred: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, why: busy("v1.13.9/amd64", "v1.13.9/arm64")}
 		}},
-		{"a running build of an untracked version holds its group too", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", 10*time.Hour)
-			w.snap("v1.12.8/arm64", 10*time.Hour)
-			w.server("v1.11.6/amd64", 10*time.Minute, "active")
+		{"a running build of an untracked version holds its group too", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", 10*time.Hour)
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
+			proj.server("v1.11.6/amd64", 10*time.Minute, "active")
 			return want{builds: []string{"v1.13.9/arm64"}, deferred: []string{"v1.13.9/amd64"}, why: busy("v1.13.9/amd64")}
 		}},
-		{"a snapshot being created holds its group", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", time.Minute, "creating")
-			w.snap("v1.12.8/arm64", 10*time.Hour)
+		{"a snapshot being created holds its group", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", time.Minute, "creating")
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
 			return want{builds: []string{"v1.13.9/arm64"}, deferred: []string{"v1.13.9/amd64"}, why: busy("v1.13.9/amd64")}
 		}},
-		{"stuck builds are re-driven, not started again, and hold their group", nil, func(w *world) want {
-			w.server("v1.13.9/arm64", 10*time.Minute, "none")
-			w.server("v1.12.8/amd64", 10*time.Minute, "expired")
+		{"stuck builds are re-driven, not started again, and hold their group", nil, func(proj *project) want {
+			proj.server("v1.13.9/arm64", 10*time.Minute, "none")
+			proj.server("v1.12.8/amd64", 10*time.Minute, "expired")
 			return want{redrives: []string{"v1.12.8/amd64", "v1.13.9/arm64"},
 				deferred: []string{"v1.12.8/arm64", "v1.13.9/amd64"}, why: busy("v1.12.8/arm64", "v1.13.9/amd64")}
 		}},
-		{"another cluster's builds are not re-driven and hold no group", nil, func(w *world) want {
-			w.snap("v1.12.8/amd64", 10*time.Hour)
-			w.snap("v1.12.8/arm64", 10*time.Hour)
-			w.snap("v1.13.9/arm64", 9*time.Hour)
-			w.server("v1.11.6/amd64", 10*time.Minute, "none", "prod")
-			w.snap("v1.11.7/amd64", time.Minute, "creating", "cluster=prod")
+		{"another cluster's builds are not re-driven and hold no group", nil, func(proj *project) want {
+			proj.snap("v1.12.8/amd64", 10*time.Hour)
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
+			proj.snap("v1.13.9/arm64", 9*time.Hour)
+			proj.server("v1.11.6/amd64", 10*time.Minute, "none", "prod")
+			proj.snap("v1.11.7/amd64", time.Minute, "creating", "cluster=prod")
 			return want{builds: []string{"v1.13.9/amd64"}}
 		}},
-		{"expired servers and keys are collected, held leases are not; a collected server holds no group", nil, func(w *world) want {
-			w.snap("v1.12.8/arm64", 10*time.Hour)
-			w.snap("v1.13.9/arm64", 9*time.Hour)
-			s1 := w.server("v1.13.9/amd64", 3*time.Hour, "none")
-			k1 := w.key("v1.10.0/amd64", 3*time.Hour, false)
-			w.key("v1.10.1/amd64", 3*time.Hour, true) // someone holds it
-			w.key("v1.10.2/amd64", time.Hour, false)  // young
+		{"expired servers and keys are collected, held leases are not; a collected server holds no group", nil, func(proj *project) want {
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
+			proj.snap("v1.13.9/arm64", 9*time.Hour)
+			s1 := proj.server("v1.13.9/amd64", 3*time.Hour, "none")
+			k1 := proj.key("v1.10.0/amd64", 3*time.Hour, false)
+			proj.key("v1.10.1/amd64", 3*time.Hour, true) // someone holds it
+			proj.key("v1.10.2/amd64", time.Hour, false)  // young
 			return want{builds: []string{"v1.12.8/amd64"}, servers: []int64{s1}, keys: []int64{k1},
 				deferred: []string{"v1.13.9/amd64"}, why: map[string]string{"v1.13.9/amd64": "collected now"}}
 		}},
-		{"an expired server whose lease is held is not collected, and holds its group", nil, func(w *world) want {
-			w.snap("v1.12.8/arm64", 10*time.Hour)
-			w.snap("v1.13.9/arm64", 9*time.Hour)
-			w.server("v1.12.8/amd64", 3*time.Hour, "active")
+		{"an expired server whose lease is held is not collected, and holds its group", nil, func(proj *project) want {
+			proj.snap("v1.12.8/arm64", 10*time.Hour)
+			proj.snap("v1.13.9/arm64", 9*time.Hour)
+			proj.server("v1.12.8/amd64", 3*time.Hour, "active")
 			return want{deferred: []string{"v1.13.9/amd64"}, why: busy("v1.13.9/amd64")}
 		}},
-		{"another cluster's expired servers and keys are not collected, live lease or not", nil, func(w *world) want {
+		{"another cluster's expired servers and keys are not collected, live lease or not", nil, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 10*time.Hour)
-				w.snap("v1.13.9/"+a, 9*time.Hour)
+				proj.snap("v1.12.8/"+a, 10*time.Hour)
+				proj.snap("v1.13.9/"+a, 9*time.Hour)
 			}
-			w.server("v1.11.6/amd64", 5*time.Hour, "none", "staging")
-			w.server("v1.11.7/amd64", 5*time.Hour, "active", "staging")
-			w.key("v1.10.0/amd64", 3*time.Hour, false, "staging")
+			proj.server("v1.11.6/amd64", 5*time.Hour, "none", "staging")
+			proj.server("v1.11.7/amd64", 5*time.Hour, "active", "staging")
+			proj.key("v1.10.0/amd64", 3*time.Hour, false, "staging")
 			return want{}
 		}},
-		{"a build of a schematic no longer configured is not re-driven, but collected when it expires", nil, func(w *world) want {
+		{"a build of a schematic no longer configured is not re-driven, but collected when it expires", nil, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 10*time.Hour)
-				w.snap("v1.13.9/"+a, 9*time.Hour)
+				proj.snap("v1.12.8/"+a, 10*time.Hour)
+				proj.snap("v1.13.9/"+a, 9*time.Hour)
 			}
-			w.server("v1.13.9/amd64/vanilla", 10*time.Minute, "none")
-			s := w.server("v1.13.8/amd64/vanilla", 3*time.Hour, "none")
+			proj.server("v1.13.9/amd64/vanilla", 10*time.Minute, "none")
+			s := proj.server("v1.13.8/amd64/vanilla", 3*time.Hour, "none")
 			return want{servers: []int64{s}}
 		}},
-		{"targets the factory does not serve are deferred and hold neither a slot nor their group", func(r Rules) Rules { r.MaxBuilds = 2; return r }, func(w *world) want {
-			w.state.Unserved = map[build.Target]string{tgt("v1.12.8/amd64"): "not served yet"}
+		{"targets the factory does not serve are deferred and hold neither a slot nor their group", func(r Rules) Rules { r.MaxBuilds = 2; return r }, func(proj *project) want {
+			proj.state.Unserved = map[build.Target]string{tgt("v1.12.8/amd64"): "not served yet"}
 			why := map[string]string{"v1.13.9/arm64": "MAX_BUILDS_PER_POLL (2) reached", "v1.12.8/amd64": "not served yet"}
 			return want{builds: []string{"v1.12.8/arm64", "v1.13.9/amd64"},
 				deferred: []string{"v1.12.8/amd64", "v1.13.9/arm64"}, why: why}
 		}},
-		{"retention keeps tracked versions and two others per arch and schematic it builds", nil, func(w *world) want {
+		{"retention keeps tracked versions and two others per arch and schematic it builds", nil, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 10*time.Hour)
-				w.snap("v1.13.9/"+a, 9*time.Hour)
+				proj.snap("v1.12.8/"+a, 10*time.Hour)
+				proj.snap("v1.13.9/"+a, 9*time.Hour)
 			}
-			w.snap("v1.13.8/amd64", 100*time.Hour)
-			w.snap("v1.13.7/amd64", 200*time.Hour)
-			p1 := w.snap("v1.12.7/amd64", 150*time.Hour)
-			p2 := w.snap("v1.11.6/amd64", 190*time.Hour)
-			p3 := w.snap("v1.11.6/amd64", 191*time.Hour) // a duplicate
-			w.snap("v1.11.6/arm64", 190*time.Hour)       // only other of arm64
+			proj.snap("v1.13.8/amd64", 100*time.Hour)
+			proj.snap("v1.13.7/amd64", 200*time.Hour)
+			p1 := proj.snap("v1.12.7/amd64", 150*time.Hour)
+			p2 := proj.snap("v1.11.6/amd64", 190*time.Hour)
+			p3 := proj.snap("v1.11.6/amd64", 191*time.Hour) // a duplicate
+			proj.snap("v1.11.6/arm64", 190*time.Hour)       // only other of arm64
 			// vanilla is not configured: not ours to prune
-			w.snap("v1.10.0/amd64/vanilla", 900*time.Hour)
-			w.snap("v1.9.0/amd64/vanilla", 990*time.Hour)
-			w.snap("v1.8.0/amd64/vanilla", 999*time.Hour)
-			w.snap("v1.8.0/amd64/vanilla", 999*time.Hour, "creating")
+			proj.snap("v1.10.0/amd64/vanilla", 900*time.Hour)
+			proj.snap("v1.9.0/amd64/vanilla", 990*time.Hour)
+			proj.snap("v1.8.0/amd64/vanilla", 999*time.Hour)
+			proj.snap("v1.8.0/amd64/vanilla", 999*time.Hour, "creating")
 			return want{prune: []int64{p1, p2, p3}}
 		}},
-		{"a new patch keeps the snapshot it replaces until it is built", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
-			w.track("v1.12.9", "v1.13.9") // a patch of the older line: not the highest
+		{"a new patch keeps the snapshot it replaces until it is built", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(proj *project) want {
+			proj.track("v1.12.9", "v1.13.9") // a patch of the older line: not the highest
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 10*time.Hour)
-				w.snap("v1.13.9/"+a, 9*time.Hour)
+				proj.snap("v1.12.8/"+a, 10*time.Hour)
+				proj.snap("v1.13.9/"+a, 9*time.Hour)
 			}
-			w.snap("v1.12.9/arm64", time.Minute, "creating")
-			p1 := w.snap("v1.12.7/amd64", 100*time.Hour)
-			p2 := w.snap("v1.11.6/arm64", 110*time.Hour)
+			proj.snap("v1.12.9/arm64", time.Minute, "creating")
+			p1 := proj.snap("v1.12.7/amd64", 100*time.Hour)
+			p2 := proj.snap("v1.11.6/arm64", 110*time.Hour)
 			return want{builds: []string{"v1.12.9/amd64", "v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"},
 				after: []string{"", "v1.12.9"}, prune: []int64{p1, p2}}
 		}},
-		{"nothing tracked prunes nothing", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
-			w.track()
-			w.snap("v1.13.8/amd64", 100*time.Hour)
-			w.snap("v1.12.7/amd64", 200*time.Hour)
+		{"nothing tracked prunes nothing", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(proj *project) want {
+			proj.track()
+			proj.snap("v1.13.8/amd64", 100*time.Hour)
+			proj.snap("v1.12.7/amd64", 200*time.Hour)
 			return want{}
 		}},
-		{"only tracked versions steer: an untracked highest version is pruned, the highest tracked rebuilt, the latest kept", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
-			w.track("v1.12.8")
-			w.snap("v1.12.8/amd64", 10*time.Hour)
-			p1 := w.snap("v1.13.9/amd64", 20*time.Hour) // highest, untracked (a release withdrawn)
-			w.snap("v1.11.2/amd64", time.Hour)          // latest
-			p2 := w.snap("v1.11.1/amd64", 30*time.Hour)
+		{"only tracked versions steer: an untracked highest version is pruned, the highest tracked rebuilt, the latest kept", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(proj *project) want {
+			proj.track("v1.12.8")
+			proj.snap("v1.12.8/amd64", 10*time.Hour)
+			p1 := proj.snap("v1.13.9/amd64", 20*time.Hour) // highest, untracked (a release withdrawn)
+			proj.snap("v1.11.2/amd64", time.Hour)          // latest
+			p2 := proj.snap("v1.11.1/amd64", 30*time.Hour)
 			return want{builds: []string{"v1.12.8/arm64", "v1.12.8/amd64"}, forced: []string{"v1.12.8/amd64"}, prune: []int64{p1, p2},
 				why: map[string]string{"v1.12.8/amd64": rebuild("amd64", "is", "v1.11.2", "v1.12.8")}}
 		}},
-		{"an untracked prerelease built last, above the tracked versions: the highest tracked is rebuilt, the prerelease kept as another version", nil, func(w *world) want {
+		{"an untracked prerelease built last, above the tracked versions: the highest tracked is rebuilt, the prerelease kept as another version", nil, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 100*time.Hour)
-				w.snap("v1.13.9/"+a, 50*time.Hour)
+				proj.snap("v1.12.8/"+a, 100*time.Hour)
+				proj.snap("v1.13.9/"+a, 50*time.Hour)
 			}
-			w.snap("v1.14.0-alpha.1/amd64", time.Hour) // built by hand
+			proj.snap("v1.14.0-alpha.1/amd64", time.Hour) // built by hand
 			return want{builds: []string{"v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"},
 				why: map[string]string{"v1.13.9/amd64": rebuild("amd64", "is", "v1.14.0-alpha.1", "v1.13.9")}}
 		}},
-		{"an untracked prerelease, not the latest, is neither rebuilt nor kept beyond retention", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(w *world) want {
+		{"an untracked prerelease, not the latest, is neither rebuilt nor kept beyond retention", func(r Rules) Rules { r.KeepOthers = 0; return r }, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 100*time.Hour)
-				w.snap("v1.13.9/"+a, 50*time.Hour)
+				proj.snap("v1.12.8/"+a, 100*time.Hour)
+				proj.snap("v1.13.9/"+a, 50*time.Hour)
 			}
-			p := w.snap("v1.14.0-alpha.1/amd64", 60*time.Hour) // built while TRACK_PRERELEASES was on
+			p := proj.snap("v1.14.0-alpha.1/amd64", 60*time.Hour) // built while TRACK_PRERELEASES was on
 			return want{prune: []int64{p}}
 		}},
-		{"an older line's patch built after the highest version: the highest is rebuilt", nil, func(w *world) want {
-			olderLinePatch(w)
+		{"an older line's patch built after the highest version: the highest is rebuilt", nil, func(proj *project) want {
+			olderLinePatch(proj)
 			return want{builds: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"},
 				why: map[string]string{"v1.13.9/arm64": rebuild("arm64", "is", "v1.12.9", "v1.13.9")}}
 		}},
-		{"a patch not served yet: its line's snapshot stands in for it and is not rebuilt over", nil, func(w *world) want {
-			w.track("v1.12.8", "v1.13.10")
+		{"a patch not served yet: its line's snapshot stands in for it and is not rebuilt over", nil, func(proj *project) want {
+			proj.track("v1.12.8", "v1.13.10")
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 2*time.Hour)
-				w.snap("v1.13.9/"+a, time.Hour)
+				proj.snap("v1.12.8/"+a, 2*time.Hour)
+				proj.snap("v1.13.9/"+a, time.Hour)
 			}
-			w.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
+			proj.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
 			return want{deferred: []string{"v1.13.10/amd64", "v1.13.10/arm64"}}
 		}},
-		{"a patch not served yet, the older line's built meanwhile: the stand-in is rebuilt after it", nil, func(w *world) want {
-			w.track("v1.12.9", "v1.13.10")
+		{"a patch not served yet, the older line's built meanwhile: the stand-in is rebuilt after it", nil, func(proj *project) want {
+			proj.track("v1.12.9", "v1.13.10")
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 2*time.Hour)
-				w.snap("v1.13.9/"+a, time.Hour)
+				proj.snap("v1.12.8/"+a, 2*time.Hour)
+				proj.snap("v1.13.9/"+a, time.Hour)
 			}
-			w.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
+			proj.state.Unserved = map[build.Target]string{tgt("v1.13.10/amd64"): "building", tgt("v1.13.10/arm64"): "building"}
 			return want{builds: []string{"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
 				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, deferred: []string{"v1.13.10/amd64", "v1.13.10/arm64"},
 				why: map[string]string{"v1.13.9/amd64": "not v1.13.9, which stands in for a tracked version of its line not built yet"}}
 		}},
-		{"an older line's patch is built and the highest rebuilt after it, in one poll", nil, func(w *world) want {
-			w.track("v1.12.9", "v1.13.9")
+		{"an older line's patch is built and the highest rebuilt after it, in one poll", nil, func(proj *project) want {
+			proj.track("v1.12.9", "v1.13.9")
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 100*time.Hour)
-				w.snap("v1.13.9/"+a, 50*time.Hour)
+				proj.snap("v1.12.8/"+a, 100*time.Hour)
+				proj.snap("v1.13.9/"+a, 50*time.Hour)
 			}
 			return want{builds: []string{"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"},
 				forced: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, after: []string{"", "", "v1.12.9", "v1.12.9"},
 				why: map[string]string{"v1.13.9/arm64": rebuild("arm64", "will be", "v1.12.9", "v1.13.9")}}
 		}},
-		{"rebuilds count against the cap", maxBuilds1, func(w *world) want {
-			olderLinePatch(w)
+		{"rebuilds count against the cap", maxBuilds1, func(proj *project) want {
+			olderLinePatch(proj)
 			return want{builds: []string{"v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"}, deferred: []string{"v1.13.9/arm64"},
 				why: map[string]string{"v1.13.9/arm64": capped}}
 		}},
-		{"no rebuild while the group builds, such as the rebuild itself", nil, func(w *world) want {
-			olderLinePatch(w)
-			w.server("v1.13.9/amd64", 10*time.Minute, "active")
-			w.snap("v1.13.9/arm64", time.Minute, "creating")
+		{"no rebuild while the group builds, such as the rebuild itself", nil, func(proj *project) want {
+			olderLinePatch(proj)
+			proj.server("v1.13.9/amd64", 10*time.Minute, "active")
+			proj.snap("v1.13.9/arm64", time.Minute, "creating")
 			return want{deferred: []string{"v1.13.9/amd64", "v1.13.9/arm64"}, why: busy("v1.13.9/amd64", "v1.13.9/arm64")}
 		}},
-		{"a missing version goes before a rebuild, which it makes needless", nil, func(w *world) want {
-			olderLinePatch(w)
-			w.track("v1.12.9", "v1.13.10")
+		{"a missing version goes before a rebuild, which it makes needless", nil, func(proj *project) want {
+			olderLinePatch(proj)
+			proj.track("v1.12.9", "v1.13.10")
 			return want{builds: []string{"v1.13.10/amd64", "v1.13.10/arm64"}}
 		}},
-		{"no rebuild when the most recent snapshot is the highest version", nil, func(w *world) want {
-			w.track("v1.12.9", "v1.13.9")
+		{"no rebuild when the most recent snapshot is the highest version", nil, func(proj *project) want {
+			proj.track("v1.12.9", "v1.13.9")
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 100*time.Hour)
-				w.snap("v1.12.9/"+a, 50*time.Hour)
-				w.snap("v1.13.9/"+a, time.Hour)
+				proj.snap("v1.12.8/"+a, 100*time.Hour)
+				proj.snap("v1.12.9/"+a, 50*time.Hour)
+				proj.snap("v1.13.9/"+a, time.Hour)
 			}
 			return want{}
 		}},
-		{"only the configured groups' managed available snapshots of the cluster count for rebuilds", nil, func(w *world) want {
+		{"only the configured groups' managed available snapshots of the cluster count for rebuilds", nil, func(proj *project) want {
 			for _, a := range []string{"amd64", "arm64"} {
-				w.snap("v1.12.8/"+a, 100*time.Hour)
-				w.snap("v1.13.9/"+a, 50*time.Hour)
+				proj.snap("v1.12.8/"+a, 100*time.Hour)
+				proj.snap("v1.13.9/"+a, 50*time.Hour)
 			}
-			w.snap("v1.12.7/amd64", time.Hour, "unmanaged")
-			w.snap("v1.12.7/arm64", time.Hour, "cluster=prod")
-			w.snap("v1.13.9/amd64/vanilla", 50*time.Hour) // a schematic no longer configured
-			w.snap("v1.12.7/amd64/vanilla", time.Hour)
+			proj.snap("v1.12.7/amd64", time.Hour, "unmanaged")
+			proj.snap("v1.12.7/arm64", time.Hour, "cluster=prod")
+			proj.snap("v1.13.9/amd64/vanilla", 50*time.Hour) // a schematic no longer configured
+			proj.snap("v1.12.7/amd64/vanilla", time.Hour)
 			return want{}
 		}},
-		{"of two snapshots made in the same second, the higher ID is the more recent", nil, func(w *world) want {
-			w.snap("v1.13.9/amd64", time.Hour)
-			w.snap("v1.12.8/amd64", time.Hour) // the more recent
-			w.snap("v1.12.8/arm64", time.Hour)
-			w.snap("v1.13.9/arm64", time.Hour) // the more recent
+		{"of two snapshots made in the same second, the higher ID is the more recent", nil, func(proj *project) want {
+			proj.snap("v1.13.9/amd64", time.Hour)
+			proj.snap("v1.12.8/amd64", time.Hour) // the more recent
+			proj.snap("v1.12.8/arm64", time.Hour)
+			proj.snap("v1.13.9/arm64", time.Hour) // the more recent
 			return want{builds: []string{"v1.13.9/amd64"}, forced: []string{"v1.13.9/amd64"}}
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t, "v1.12.8", "v1.13.9")
+			proj := newProject(t, "v1.12.8", "v1.13.9")
 			r := base
 			if tt.rules != nil {
 				r = tt.rules(r)
 			}
-			wt := tt.setup(w)
-			p := NewPlan(w.state, r)
+			wt := tt.setup(proj)
+			p := NewPlan(proj.state, r)
 			forced := slices.DeleteFunc(slices.Clone(p.Builds), func(it Item) bool { return !it.Force })
 			for _, c := range []struct {
 				what      string
@@ -508,9 +512,9 @@ func TestNewPlan(t *testing.T) {
 					}
 				}
 			}
-			todo, _ := missing(w.state, r, nil)
+			todo, _ := missing(proj.state, r, nil)
 			var m []build.Target
-			for _, it := range append(todo, rebuilds(w.state, r, lastPlanned(p))...) {
+			for _, it := range append(todo, rebuilds(proj.state, r, lastPlanned(p))...) {
 				m = append(m, it.Target)
 			}
 			if m = slices.SortedStableFunc(slices.Values(m), compareTargets); !slices.Equal(m, candidatesOf(p)) {
@@ -565,10 +569,10 @@ func TestPruneProperties(t *testing.T) {
 	slices.Sort(pool)
 	for seed := range uint64(300) {
 		rng := rand.New(rand.NewPCG(seed, 7))
-		w := newWorld(t)
+		proj := newProject(t)
 		for range rng.IntN(4) {
 			v, _ := talos.ParseVersion(pool[rng.IntN(len(pool))])
-			w.state.Tracked = append(w.state.Tracked, v)
+			proj.state.Tracked = append(proj.state.Tracked, v)
 		}
 		for range rng.IntN(40) {
 			spec := pool[rng.IntN(len(pool))] + "/" + []string{"amd64", "arm64"}[rng.IntN(2)]
@@ -581,11 +585,11 @@ func TestPruneProperties(t *testing.T) {
 					opts = append(opts, o)
 				}
 			}
-			w.snap(spec, time.Duration(rng.IntN(1000))*time.Hour, opts...)
+			proj.snap(spec, time.Duration(rng.IntN(1000))*time.Hour, opts...)
 		}
 		r := base
 		r.KeepOthers = rng.IntN(4)
-		checkPrune(t, seed, w.state, r, NewPlan(w.state, r).Prune)
+		checkPrune(t, seed, proj.state, r, NewPlan(proj.state, r).Prune)
 	}
 }
 
@@ -611,7 +615,7 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 	all := map[group][]*hcloud.Image{}  // ours, available
 	for _, img := range s.Snapshots {
 		t, ok := build.TargetFromLabels(img.Labels)
-		ours := ok && label.IsManaged(img.Labels) && img.Labels[label.Cluster] == r.Cluster
+		ours := ok && img.Labels[label.Managed] == label.ManagedValue && img.Labels[label.Cluster] == r.Cluster
 		if ours && img.Status == hcloud.ImageStatusAvailable {
 			g := group{t.Arch, t.Schematic}
 			all[g] = append(all[g], img)
@@ -623,7 +627,7 @@ func checkPrune(t *testing.T, seed uint64, s State, r Rules, pruned []Resource) 
 			continue
 		}
 		switch {
-		case !label.IsManaged(img.Labels):
+		case img.Labels[label.Managed] != label.ManagedValue:
 			fail("pruned unmanaged snapshot %d", img.ID)
 		case img.Labels[label.Cluster] != r.Cluster:
 			fail("pruned snapshot %d of cluster %q", img.ID, img.Labels[label.Cluster])
@@ -683,10 +687,10 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 		"v1.14.0-alpha.1", "v1.14.0-beta.0"}
 	for seed := range uint64(300) {
 		rng := rand.New(rand.NewPCG(seed, 11))
-		w := newWorld(t)
+		proj := newProject(t)
 		for _, i := range rng.Perm(len(pool))[:1+rng.IntN(3)] {
 			v, _ := talos.ParseVersion(pool[i])
-			w.state.Tracked = append(w.state.Tracked, v)
+			proj.state.Tracked = append(proj.state.Tracked, v)
 		}
 		foreign := map[int64]bool{}
 		for range rng.IntN(16) {
@@ -700,7 +704,7 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 			case 2:
 				opts = append(opts, "cluster=prod")
 			}
-			id := w.snap(spec, time.Duration(1+rng.IntN(1000))*time.Hour, opts...)
+			id := proj.snap(spec, time.Duration(1+rng.IntN(1000))*time.Hour, opts...)
 			if len(opts) > 0 || strings.HasSuffix(spec, "/vanilla") {
 				foreign[id] = true
 			}
@@ -709,13 +713,13 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 		r.KeepOthers, r.MaxBuilds = rng.IntN(3), 1+rng.IntN(6)
 		fail := func(format string, args ...any) { t.Errorf("seed %d: "+format, append([]any{seed}, args...)...) }
 		tracked := map[string]bool{}
-		for _, v := range w.state.Tracked {
+		for _, v := range proj.state.Tracked {
 			tracked[v.String()] = true
 		}
-		targets := desired(w.state.Tracked, r)
+		targets := desired(proj.state.Tracked, r)
 		rest, bound := false, len(targets)+len(r.Architectures)*len(r.Schematics)+2
 		for poll := 0; poll < bound && !rest; poll++ {
-			p := NewPlan(w.state, r)
+			p := NewPlan(proj.state, r)
 			capped := false
 			for _, it := range p.Deferred {
 				capped = capped || strings.Contains(it.Reason, "MAX_BUILDS_PER_POLL")
@@ -726,9 +730,9 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 				}
 			}
 			rest = len(p.Builds) == 0 && len(p.Prune) == 0
-			w.apply(p)
+			proj.apply(p)
 			if !capped && len(p.Builds) > 0 {
-				if next := NewPlan(w.state, r); len(next.Builds) > 0 {
+				if next := NewPlan(proj.state, r); len(next.Builds) > 0 {
 					fail("poll %d left builds for the next poll: %v", poll, specs(next.Builds))
 				}
 			}
@@ -738,7 +742,7 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 			continue
 		}
 		for id := range foreign {
-			if !slices.ContainsFunc(w.state.Snapshots, func(img *hcloud.Image) bool { return img.ID == id }) {
+			if !slices.ContainsFunc(proj.state.Snapshots, func(img *hcloud.Image) bool { return img.ID == id }) {
 				fail("snapshot %d, not ours to prune, was deleted", id)
 			}
 		}
@@ -746,7 +750,7 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 		type group struct{ arch, schematic string }
 		latest := map[group]*hcloud.Image{}
 		others := map[group]map[string]bool{}
-		for _, img := range w.state.Snapshots {
+		for _, img := range proj.state.Snapshots {
 			tg, ok := ours(img.Labels, r.Cluster)
 			if !ok || !r.builds(tg) {
 				continue
@@ -768,7 +772,7 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 				fail("at rest, tracked %s has no snapshot", tg)
 			}
 		}
-		highest := slices.MaxFunc(w.state.Tracked, talos.Version.Compare).String()
+		highest := slices.MaxFunc(proj.state.Tracked, talos.Version.Compare).String()
 		for g, img := range latest {
 			if v := img.Labels[label.TalosVersion]; v != highest {
 				fail("at rest, the most recent snapshot of %s/%s is %s, not the highest tracked version %s", g.arch, g.schematic[:8], v, highest)
@@ -780,25 +784,25 @@ func TestPollsSteerByTrackedVersions(t *testing.T) {
 	}
 }
 
-// apply carries plan p out on the world's snapshots, as the executor and
+// apply carries plan p out on the project's snapshots, as the executor and
 // the Builder would, and moves the clock on by an hour.
-func (w *world) apply(p Plan) {
+func (proj *project) apply(p Plan) {
 	pruned := map[int64]bool{}
 	for _, r := range p.Prune {
 		pruned[r.ID] = true
 	}
-	w.state.Snapshots = slices.DeleteFunc(w.state.Snapshots, func(img *hcloud.Image) bool { return pruned[img.ID] })
+	proj.state.Snapshots = slices.DeleteFunc(proj.state.Snapshots, func(img *hcloud.Image) bool { return pruned[img.ID] })
 	for i, it := range p.Builds {
 		if it.Force {
-			w.state.Snapshots = slices.DeleteFunc(w.state.Snapshots, func(img *hcloud.Image) bool {
+			proj.state.Snapshots = slices.DeleteFunc(proj.state.Snapshots, func(img *hcloud.Image) bool {
 				tg, ok := ours(img.Labels, "")
 				return ok && tg == it.Target
 			})
 		}
-		l := targetLabels(w.t, it.Target, "")
+		l := targetLabels(proj.t, it.Target, "")
 		l[label.OS] = "talos"
-		w.state.Snapshots = append(w.state.Snapshots, &hcloud.Image{ID: w.id(), Type: hcloud.ImageTypeSnapshot,
-			Status: hcloud.ImageStatusAvailable, Labels: l, Created: w.state.Now.Add(time.Duration(i) * time.Second)})
+		proj.state.Snapshots = append(proj.state.Snapshots, &hcloud.Image{ID: proj.id(), Type: hcloud.ImageTypeSnapshot,
+			Status: hcloud.ImageStatusAvailable, Labels: l, Created: proj.state.Now.Add(time.Duration(i) * time.Second)})
 	}
-	w.state.Now = w.state.Now.Add(time.Hour)
+	proj.state.Now = proj.state.Now.Add(time.Hour)
 }

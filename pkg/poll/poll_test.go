@@ -62,8 +62,8 @@ func TestUnservedAsksInParallel(t *testing.T) {
 	p := New(Deps{Factory: f, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, Options{Rules: Rules{
 		Architectures: []string{"amd64", "arm64"}, Schematics: schematics, MaxBuilds: 100, ServerTTL: time.Hour,
 	}})
-	w := newWorld(t, "v1.13.9")
-	unserved, err := p.unserved(context.Background(), w.state, p.opts.Rules)
+	proj := newProject(t, "v1.13.9")
+	unserved, err := p.unserved(context.Background(), proj.state, p.opts.Rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestUnservedAsksInParallel(t *testing.T) {
 	// a poll that runs out of time ends with its context's error
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := p.unserved(ctx, w.state, p.opts.Rules); !errors.Is(err, context.Canceled) {
+	if _, err := p.unserved(ctx, proj.state, p.opts.Rules); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: err = %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/stack/stacktest"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/config"
@@ -53,13 +55,14 @@ func (r *recorder) take() []build.Request {
 	return out
 }
 
-// world is a deployment on the local stack: the real clients pointed at
-// it, a Poller whose Builder invocations are recorded, and a Builder.
-type world struct {
+// deployment is one deployment on the local world, in this process: the
+// real clients pointed at the world, a Poller whose Builder invocations are
+// recorded, and a Builder.
+type deployment struct {
 	t          *testing.T
 	st         *stack.Stack
 	cfg        config.Config
-	deployment string
+	id         string // a build.DeploymentID
 	cloud      *cloud.Client
 	factory    *talos.Factory
 	schematics *build.SchematicSet
@@ -70,101 +73,96 @@ type world struct {
 	log        *slog.Logger
 }
 
-// localDeployment is the deployment of newWorld.
+// localDeployment is the deployment of newDeployment.
 const localDeployment = "local.hcloud-k8s-builder"
 
-func newWorld(t *testing.T, so stack.Options, env map[string]string) *world {
+// newDeployment starts the local world with so and deploys localDeployment
+// with env on it.
+func newDeployment(t *testing.T, so stack.Options, env map[string]string) *deployment {
 	t.Helper()
-	st, err := stack.Start(so)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return attach(t, st, localDeployment, env)
+	return attach(t, stacktest.Start(t, so), localDeployment, env)
 }
 
-// attach deploys a deployment named id (a build.DeploymentID) with the
-// stack's environment and env on an existing stack.
-func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *world {
+// attach deploys a deployment named id (a build.DeploymentID) on an
+// existing local world, configured with the world's environment,
+// stacktest.Timings and env.
+func attach(t *testing.T, st *stack.Stack, id string, env map[string]string) *deployment {
 	t.Helper()
 	m := st.Env()
-	m["INSTALL_TIMEOUT"], m["STEP_TIMEOUT"], m["SNAPSHOT_WAIT"], m["LEASE_TTL"] = "20s", "2s", "5s", "10s"
-	for k, v := range env {
-		m[k] = v
-	}
+	maps.Copy(m, stacktest.Timings())
+	maps.Copy(m, env)
 	cfg, err := config.LoadFrom(context.Background(), envconfig.MapLookuper(m), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, st: st, cfg: cfg, deployment: id, rec: &recorder{}, now: time.Now,
+	d := &deployment{t: t, st: st, cfg: cfg, id: id, rec: &recorder{}, now: time.Now,
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		factory: &talos.Factory{BaseURL: cfg.FactoryURL},
-		cloud: cloud.New(cloud.Options{Token: cfg.HCloudToken, Endpoint: cfg.HCloudEndpoint,
-			PollInterval: 50 * time.Millisecond, RetryBase: 10 * time.Millisecond}),
+		cloud:   stacktest.Cloud(st),
 	}
-	w.schematics = function.SchematicSet(cfg, w.factory)
-	if w.releases, err = release.New(release.Options{BaseURL: cfg.GitHubAPIURL, Token: cfg.GitHubToken, Logger: w.log}); err != nil {
+	d.schematics = function.SchematicSet(cfg, d.factory)
+	if d.releases, err = release.New(release.Options{BaseURL: cfg.GitHubAPIURL, Token: cfg.GitHubToken, Logger: d.log}); err != nil {
 		t.Fatal(err)
 	}
-	opts := function.BuildOptions(cfg, w.schematics.Configured())
+	opts := function.BuildOptions(cfg, d.schematics.Configured())
 	opts.Deployment = id
-	w.builder = build.New(build.Deps{Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics, Logger: w.log}, opts)
-	return w
+	d.builder = build.New(build.Deps{Cloud: d.cloud, Factory: d.factory, Schematics: d.schematics, Logger: d.log}, opts)
+	return d
 }
 
 // poller returns the deployment's Poller.
-func (w *world) poller() *poll.Poller {
-	w.t.Helper()
-	opts, err := function.PollOptions(w.cfg, w.schematics.Configured())
+func (d *deployment) poller() *poll.Poller {
+	d.t.Helper()
+	opts, err := function.PollOptions(d.cfg, d.schematics.Configured())
 	if err != nil {
-		w.t.Fatal(err)
+		d.t.Fatal(err)
 	}
-	opts.Deployment = w.deployment
-	return poll.New(poll.Deps{Releases: w.releases, Cloud: w.cloud, Factory: w.factory, Schematics: w.schematics,
-		Builder: w.rec, Logger: w.log, Now: w.now}, opts)
+	opts.Deployment = d.id
+	return poll.New(poll.Deps{Releases: d.releases, Cloud: d.cloud, Factory: d.factory, Schematics: d.schematics,
+		Builder: d.rec, Logger: d.log, Now: d.now}, opts)
 }
 
 // run polls once.
-func (w *world) run(dryRun bool) (poll.Report, error) {
-	w.t.Helper()
+func (d *deployment) run(dryRun bool) (poll.Report, error) {
+	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return w.poller().Run(ctx, dryRun)
+	return d.poller().Run(ctx, dryRun)
 }
 
 // poll polls once, successfully.
-func (w *world) poll(dryRun bool) poll.Report {
-	w.t.Helper()
-	rep, err := w.run(dryRun)
+func (d *deployment) poll(dryRun bool) poll.Report {
+	d.t.Helper()
+	rep, err := d.run(dryRun)
 	if err != nil {
-		w.t.Fatalf("poll: %v", err)
+		d.t.Fatalf("poll: %v", err)
 	}
 	return rep
 }
 
 // build runs the recorded Builder payloads to completion, side by side.
-func (w *world) build(reqs []build.Request) {
-	w.t.Helper()
+func (d *deployment) build(reqs []build.Request) {
+	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(reqs))
 	for i, r := range reqs {
-		wg.Go(func() { _, errs[i] = w.builder.RunUntilDone(ctx, r) })
+		wg.Go(func() { _, errs[i] = d.builder.RunUntilDone(ctx, r) })
 	}
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			w.t.Fatalf("build %+v: %v", reqs[i], err)
+			d.t.Fatalf("build %+v: %v", reqs[i], err)
 		}
 	}
 }
 
 // snapshots returns "version/arch" of the managed snapshots, sorted.
-func (w *world) snapshots() []string {
+func (d *deployment) snapshots() []string {
 	var out []string
-	for _, img := range w.st.Cloud.Images() {
-		if img.Type == "snapshot" && label.IsManaged(img.Labels) {
+	for _, img := range d.st.Cloud.Images() {
+		if img.Type == "snapshot" && img.Labels[label.Managed] == label.ManagedValue {
 			out = append(out, img.Labels[label.TalosVersion]+"/"+img.Labels[label.Arch])
 		}
 	}
@@ -173,9 +171,9 @@ func (w *world) snapshots() []string {
 }
 
 // mutations counts the requests that could change the Hetzner project.
-func (w *world) mutations() int {
+func (d *deployment) mutations() int {
 	n := 0
-	for _, r := range w.st.Cloud.Requests() {
+	for _, r := range d.st.Cloud.Requests() {
 		if r.Method != http.MethodGet {
 			n++
 		}
@@ -185,20 +183,20 @@ func (w *world) mutations() int {
 
 // addUnmanaged plants a snapshot someone else made, with the contract labels
 // of a target but without our management label.
-func (w *world) addUnmanaged(version string) int64 {
-	w.t.Helper()
-	img, err := w.st.Cloud.AddImage(fakehcloud.Image{Description: "made by hand", Labels: map[string]string{
+func (d *deployment) addUnmanaged(version string) int64 {
+	d.t.Helper()
+	img, err := d.st.Cloud.AddImage(fakehcloud.Image{Description: "made by hand", Labels: map[string]string{
 		label.OS: "talos", label.TalosVersion: version, label.Version: version, label.Arch: "amd64",
 		label.TalosSchematic: talos.QemuGuestAgentSchematic[:32],
 	}, Created: time.Now().Add(-1000 * time.Hour)})
 	if err != nil {
-		w.t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	return img.ID
 }
 
-func (w *world) exists(id int64) bool {
-	_, ok := w.st.Cloud.Image(id)
+func (d *deployment) exists(id int64) bool {
+	_, ok := d.st.Cloud.Image(id)
 	return ok
 }
 
@@ -235,13 +233,13 @@ func requests(reqs []build.Request) []string {
 
 // leftovers returns the servers and SSH keys in the project but for the
 // deployment markers.
-func (w *world) leftovers() (servers []fakehcloud.Server, keys []fakehcloud.SSHKey) {
-	for _, k := range w.st.Cloud.SSHKeys() {
+func (d *deployment) leftovers() (servers []fakehcloud.Server, keys []fakehcloud.SSHKey) {
+	for _, k := range d.st.Cloud.SSHKeys() {
 		if k.Labels[label.Role] != label.RoleDeployment {
 			keys = append(keys, k)
 		}
 	}
-	return w.st.Cloud.Servers(), keys
+	return d.st.Cloud.Servers(), keys
 }
 
 func check(t *testing.T, what string, got, want any) {
@@ -266,10 +264,10 @@ const oneAtATime = "runs: one at a time per architecture and schematic, oldest v
 // mostRecent returns the version of the managed snapshot of arch that
 // consumers pick: the most recently created, of two created in the same
 // second the later (higher ID).
-func (w *world) mostRecent(arch string) string {
+func (d *deployment) mostRecent(arch string) string {
 	var latest *fakehcloud.Image
-	for _, img := range w.st.Cloud.Images() {
-		if img.Type != "snapshot" || !label.IsManaged(img.Labels) || img.Labels[label.Arch] != arch {
+	for _, img := range d.st.Cloud.Images() {
+		if img.Type != "snapshot" || img.Labels[label.Managed] != label.ManagedValue || img.Labels[label.Arch] != arch {
 			continue
 		}
 		if latest == nil || cmp.Or(img.Created.Compare(latest.Created), cmp.Compare(img.ID, latest.ID)) > 0 {
@@ -283,17 +281,17 @@ func (w *world) mostRecent(arch string) string {
 }
 
 // addOld plants a managed snapshot as a build long ago left it.
-func (w *world) addOld(version, arch string, age time.Duration) {
-	w.t.Helper()
+func (d *deployment) addOld(version, arch string, age time.Duration) {
+	d.t.Helper()
 	tg := build.Target{Version: version, Arch: arch, Schematic: talos.QemuGuestAgentSchematic}
 	l := map[string]string{label.Managed: label.ManagedValue, label.OS: "talos", label.TalosVersion: version,
 		label.Version: version, label.Arch: arch, label.TalosSchematic: tg.Schematic[:32],
 		label.SchematicRest: tg.Schematic[32:]}
 	if got, ok := build.TargetFromLabels(l); !ok || got != tg {
-		w.t.Fatalf("labels %v read back as %v", l, got)
+		d.t.Fatalf("labels %v read back as %v", l, got)
 	}
-	if _, err := w.st.Cloud.AddImage(fakehcloud.Image{Description: "an old build", Labels: l, Created: time.Now().Add(-age)}); err != nil {
-		w.t.Fatal(err)
+	if _, err := d.st.Cloud.AddImage(fakehcloud.Image{Description: "an old build", Labels: l, Created: time.Now().Add(-age)}); err != nil {
+		d.t.Fatal(err)
 	}
 }
 
@@ -309,73 +307,73 @@ func (w *world) addOld(version, arch string, age time.Duration) {
 // retention.
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{}, nil)
-	unmanaged := w.addUnmanaged("v1.13.9")
+	d := newDeployment(t, stack.Options{}, nil)
+	unmanaged := d.addUnmanaged("v1.13.9")
 	older := []string{"v1.12.8/amd64", "v1.12.8/arm64"}
 	newer := []string{"v1.13.9/amd64", "v1.13.9/arm64"}
 	both := slices.Concat(older, newer)
 	queued := []string{"v1.12.8/amd64 > v1.13.9", "v1.12.8/arm64 > v1.13.9"}
 
-	dry := w.poll(true)
+	dry := d.poll(true)
 	check(t, "dry run builds", targets(dry.Builds), both)
 	check(t, "dry run deferred", targets(dry.Deferred), []string{})
 	check(t, "dry run tracked", dry.Tracked, []string{"v1.13.9", "v1.12.8"})
 	check(t, "dry run skipped tags", dry.SkippedTags, []string{"v1.9"})
-	if n := w.mutations(); n != 0 || len(w.rec.take()) != 0 {
+	if n := d.mutations(); n != 0 || len(d.rec.take()) != 0 {
 		t.Fatalf("the dry run made %d changing requests and invoked the Builder", n)
 	}
 
-	first := w.poll(false)
+	first := d.poll(false)
 	check(t, "first poll builds", targets(first.Builds), both)
 	check(t, "first poll deferred", targets(first.Deferred), []string{})
-	reqs := w.rec.take()
+	reqs := d.rec.take()
 	check(t, "first Builder payloads", requests(reqs), queued)
-	w.build(reqs)
-	check(t, "snapshots after the first builds", w.snapshots(), both)
-	check(t, "most recent snapshots after the first builds", []string{w.mostRecent("amd64"), w.mostRecent("arm64")},
+	d.build(reqs)
+	check(t, "snapshots after the first builds", d.snapshots(), both)
+	check(t, "most recent snapshots after the first builds", []string{d.mostRecent("amd64"), d.mostRecent("arm64")},
 		[]string{"v1.13.9", "v1.13.9"})
 
-	second := w.poll(false)
-	if !second.Empty() || len(second.Deferred) != 0 || len(w.rec.take()) != 0 {
+	second := d.poll(false)
+	if !second.Empty() || len(second.Deferred) != 0 || len(d.rec.take()) != 0 {
 		t.Errorf("second poll did something: %+v", second.Plan)
 	}
 	check(t, "second poll GitHub requests (all 304)", []int{second.GitHubRequests, second.GitHubNotModified}, []int{1, 1})
 
 	// A patch of the older line, released after the newer line.
-	if _, err := w.st.GitHub.AddRelease(fakegithub.Release{Tag: "v1.12.9", TargetCommitish: "release-1.12"}); err != nil {
+	if _, err := d.st.GitHub.AddRelease(fakegithub.Release{Tag: "v1.12.9", TargetCommitish: "release-1.12"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.st.Factory.SetAvailable("v1.12.9", true); err != nil {
+	if err := d.st.Factory.SetAvailable("v1.12.9", true); err != nil {
 		t.Fatal(err)
 	}
 	older = []string{"v1.12.9/amd64", "v1.12.9/arm64"}
-	patch := w.poll(false)
+	patch := d.poll(false)
 	check(t, "tracked after the older line's patch", patch.Tracked, []string{"v1.13.9", "v1.12.9"})
 	check(t, "builds for the older line's patch", targets(patch.Builds), slices.Concat(older, newer))
-	reqs = w.rec.take()
+	reqs = d.rec.take()
 	check(t, "Builder payloads for the older line's patch", requests(reqs),
 		[]string{"v1.12.9/amd64 > v1.13.9/force", "v1.12.9/arm64 > v1.13.9/force"})
-	w.build(reqs)
+	d.build(reqs)
 	check(t, "most recent snapshots after the older line's patch and the rebuilds",
-		[]string{w.mostRecent("amd64"), w.mostRecent("arm64")}, []string{"v1.13.9", "v1.13.9"})
-	check(t, "snapshots after the rebuilds (replaced, not added)", w.snapshots(), []string{"v1.12.8/amd64", "v1.12.8/arm64",
+		[]string{d.mostRecent("amd64"), d.mostRecent("arm64")}, []string{"v1.13.9", "v1.13.9"})
+	check(t, "snapshots after the rebuilds (replaced, not added)", d.snapshots(), []string{"v1.12.8/amd64", "v1.12.8/arm64",
 		"v1.12.9/amd64", "v1.12.9/arm64", "v1.13.9/amd64", "v1.13.9/arm64"})
-	if quiet := w.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 || len(w.rec.take()) != 0 {
+	if quiet := d.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 || len(d.rec.take()) != 0 {
 		t.Errorf("poll after the rebuilds did something: %+v", quiet.Plan)
 	}
 
 	// Older snapshots of the newer line, as a deployment collects them.
-	w.addOld("v1.13.7", "amd64", 1000*time.Hour)
-	w.addOld("v1.13.8", "amd64", 500*time.Hour)
+	d.addOld("v1.13.7", "amd64", 1000*time.Hour)
+	d.addOld("v1.13.8", "amd64", 500*time.Hour)
 
-	if err := w.st.Factory.SetAvailable("v1.13.10", true); err != nil {
+	if err := d.st.Factory.SetAvailable("v1.13.10", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.st.GitHub.PublishRelease("v1.13.10"); err != nil {
+	if _, err := d.st.GitHub.PublishRelease("v1.13.10"); err != nil {
 		t.Fatal(err)
 	}
 	newer = []string{"v1.13.10/amd64", "v1.13.10/arm64"}
-	patch = w.poll(false)
+	patch = d.poll(false)
 	check(t, "tracked after the newer line's patch", patch.Tracked, []string{"v1.13.10", "v1.12.9"})
 	check(t, "builds for the newer line's patch", targets(patch.Builds), newer)
 	var pruned []string
@@ -384,24 +382,24 @@ func TestLifecycle(t *testing.T) {
 	}
 	// Two other versions stay per architecture: v1.13.9 and v1.13.8 of amd64.
 	check(t, "pruned", pruned, []string{"v1.12.8/amd64", "v1.13.7/amd64"})
-	reqs = w.rec.take()
+	reqs = d.rec.take()
 	check(t, "Builder payloads for the newer line's patch", requests(reqs), newer)
-	w.build(reqs)
-	check(t, "snapshots after the newer line's patch", w.snapshots(), []string{"v1.12.8/arm64", "v1.12.9/amd64", "v1.12.9/arm64",
+	d.build(reqs)
+	check(t, "snapshots after the newer line's patch", d.snapshots(), []string{"v1.12.8/arm64", "v1.12.9/amd64", "v1.12.9/arm64",
 		"v1.13.10/amd64", "v1.13.10/arm64", "v1.13.8/amd64", "v1.13.9/amd64", "v1.13.9/arm64"})
 
-	last := w.poll(false)
+	last := d.poll(false)
 	if !last.Empty() || len(last.Deferred) != 0 {
 		t.Errorf("poll after the newer line's patch did something: %+v", last.Plan)
 	}
-	if !w.exists(unmanaged) {
+	if !d.exists(unmanaged) {
 		t.Error("the unmanaged os=talos snapshot was deleted")
 	}
-	if servers, keys := w.leftovers(); len(servers)+len(keys) != 0 {
+	if servers, keys := d.leftovers(); len(servers)+len(keys) != 0 {
 		t.Errorf("left: servers %+v, keys %+v", servers, keys)
 	}
 	// Every build server was created with a key: no root password mails.
-	if n := w.st.Cloud.RootPasswords(); n != 0 {
+	if n := d.st.Cloud.RootPasswords(); n != 0 {
 		t.Errorf("%d root passwords issued", n)
 	}
 }
@@ -411,17 +409,17 @@ func TestUnservedVersionIsDeferred(t *testing.T) {
 	// The factory is asked only about what would start: the oldest version
 	// of each group. Not served, it is deferred and the next one starts.
 	versions := slices.DeleteFunc(fakefactory.DefaultVersions(), func(v string) bool { return v == "v1.12.8" })
-	w := newWorld(t, stack.Options{Versions: versions}, nil)
-	rep := w.poll(false)
+	d := newDeployment(t, stack.Options{Versions: versions}, nil)
+	rep := d.poll(false)
 	check(t, "builds", targets(rep.Builds), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
 	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64", "v1.12.8/arm64"})
-	for _, d := range rep.Deferred {
-		if !strings.Contains(d.Reason, "factory does not serve") {
-			t.Errorf("deferred %s: %s", d.Target, d.Reason)
+	for _, it := range rep.Deferred {
+		if !strings.Contains(it.Reason, "factory does not serve") {
+			t.Errorf("deferred %s: %s", it.Target, it.Reason)
 		}
 	}
-	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
-	if n := w.st.Factory.Count("HEAD", "/image/"); n > 8 {
+	check(t, "Builder payloads", requests(d.rec.take()), []string{"v1.13.9/amd64", "v1.13.9/arm64"})
+	if n := d.st.Factory.Count("HEAD", "/image/"); n > 8 {
 		t.Errorf("%d factory requests for 4 targets", n)
 	}
 }
@@ -429,12 +427,12 @@ func TestUnservedVersionIsDeferred(t *testing.T) {
 // breakBuild leaves a build server behind as a build does whose invocation
 // chain broke: the invocation runs out of time after creating the server
 // (which takes slowCreate) and cannot hand over.
-func (w *world) breakBuild(t build.Target) {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 21*time.Second) // INSTALL_TIMEOUT (20s) and less than slowCreate
+func (d *deployment) breakBuild(t build.Target) {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.InstallTimeout+time.Second) // INSTALL_TIMEOUT and less than slowCreate
 	defer cancel()
-	if res := w.builder.Build(ctx, t, build.Request{}); res.State != build.InProgress || res.Step != build.StepInstall {
-		w.t.Fatalf("broken build: %+v, want in_progress at install", res)
+	if res := d.builder.Build(ctx, t, build.Request{}); res.State != build.InProgress || res.Step != build.StepInstall {
+		d.t.Fatalf("broken build: %+v, want in_progress at install", res)
 	}
 }
 
@@ -443,33 +441,33 @@ var slowCreate = map[string]time.Duration{"create_server": 1500 * time.Milliseco
 
 func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{ActionDurations: slowCreate}, nil)
+	d := newDeployment(t, stack.Options{ActionDurations: slowCreate}, nil)
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
-	w.breakBuild(stuck)
+	d.breakBuild(stuck)
 
 	// The stuck build holds amd64: v1.12.8/amd64 waits for it.
-	rep := w.poll(false)
+	rep := d.poll(false)
 	check(t, "redrives", targets(rep.Redrives), []string{"v1.13.9/amd64"})
 	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/arm64", "v1.13.9/arm64"})
 	check(t, "deferred", targets(rep.Deferred), []string{"v1.12.8/amd64"})
 	checkReasons(t, "deferred", rep.Deferred, oneAtATime)
 	check(t, "collected", len(rep.CollectServers)+len(rep.CollectKeys), 0)
 	var redriven []build.Request
-	for _, r := range w.rec.take() {
+	for _, r := range d.rec.take() {
 		if r.Version == stuck.Version && r.Arch == stuck.Arch {
 			redriven = append(redriven, r)
 		}
 	}
 	check(t, "re-drive payloads", requests(redriven), []string{"v1.13.9/amd64"})
-	w.build(redriven)
-	check(t, "snapshots", w.snapshots(), []string{"v1.13.9/amd64"})
-	if n := len(w.st.Cloud.Servers()); n != 0 {
+	d.build(redriven)
+	check(t, "snapshots", d.snapshots(), []string{"v1.13.9/amd64"})
+	if n := len(d.st.Cloud.Servers()); n != 0 {
 		t.Errorf("%d servers left after the re-driven build", n)
 	}
 	// Done, it frees amd64 (the arm64 builds were only recorded, not
 	// built): v1.12.8/amd64 is built, then v1.13.9/amd64 again, to be the
 	// most recent.
-	next := w.poll(true)
+	next := d.poll(true)
 	check(t, "builds after the re-driven build", targets(next.Builds),
 		[]string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/arm64", "v1.13.9/amd64"})
 	check(t, "forced after the re-driven build", next.Builds[3].Force, true)
@@ -479,30 +477,30 @@ func TestStuckBuildIsRedrivenToCompletion(t *testing.T) {
 
 func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, stack.Options{ActionDurations: slowCreate}, nil)
+	d := newDeployment(t, stack.Options{ActionDurations: slowCreate}, nil)
 	stuck := build.Target{Version: "v1.13.9", Arch: "amd64", Schematic: talos.QemuGuestAgentSchematic}
-	w.breakBuild(stuck)
+	d.breakBuild(stuck)
 	// A lease key a crashed invocation left behind.
 	ctx := context.Background()
-	if _, err := w.cloud.CreateSSHKey(ctx, "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease))); err != nil {
+	if _, err := d.cloud.CreateSSHKey(ctx, "talos-amd64-orphan", newPublicKey(t), selectorLabels(label.RoleSelector(label.RoleLease))); err != nil {
 		t.Fatal(err)
 	}
 	// And one that is not ours.
-	other, err := w.cloud.CreateSSHKey(ctx, "someone", newPublicKey(t), map[string]string{"role": "lease"})
+	other, err := d.cloud.CreateSSHKey(ctx, "someone", newPublicKey(t), map[string]string{"role": "lease"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
+	d.now = func() time.Time { return time.Now().Add(3 * time.Hour) }
 
-	before := w.mutations()
-	dry := w.poll(true)
+	before := d.mutations()
+	dry := d.poll(true)
 	check(t, "dry run collects servers", len(dry.CollectServers), 1)
 	check(t, "dry run collects keys", len(dry.CollectKeys), 1)
-	if w.mutations() != before || len(w.st.Cloud.Servers()) != 1 {
+	if d.mutations() != before || len(d.st.Cloud.Servers()) != 1 {
 		t.Fatal("the dry run changed the project")
 	}
 
-	rep := w.poll(false)
+	rep := d.poll(false)
 	check(t, "collected server", []string{rep.CollectServers[0].Name}, []string{stuck.Name("")})
 	check(t, "collected key", []string{rep.CollectKeys[0].Name}, []string{"talos-amd64-orphan"})
 	check(t, "redrives", targets(rep.Redrives), []string{})
@@ -510,7 +508,7 @@ func TestExpiredBuildServerAndKeyAreCollected(t *testing.T) {
 	check(t, "builds", targets(rep.Builds), []string{"v1.12.8/amd64", "v1.12.8/arm64", "v1.13.9/arm64"})
 	check(t, "deferred", targets(rep.Deferred), []string{"v1.13.9/amd64"})
 	checkReasons(t, "deferred", rep.Deferred, "collected now")
-	servers, keys := w.leftovers()
+	servers, keys := d.leftovers()
 	if len(servers) != 0 {
 		t.Errorf("servers left: %+v", servers)
 	}
@@ -552,14 +550,14 @@ func TestCapOnFirstDeploy(t *testing.T) {
 			[]string{"v1.4.14/amd64", "v1.4.14/arm64"}, []string{"v1.4.14/amd64", "v1.4.14/arm64"}, 9*2 - 2, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t, stack.Options{Releases: releases, Versions: versions}, tt.env)
-			rep := w.poll(false)
+			d := newDeployment(t, stack.Options{Releases: releases, Versions: versions}, tt.env)
+			rep := d.poll(false)
 			check(t, "builds", targets(rep.Builds), tt.builds)
-			check(t, "Builder payloads", requests(w.rec.take()), tt.payloads)
+			check(t, "Builder payloads", requests(d.rec.take()), tt.payloads)
 			checkReasons(t, "deferred", rep.Deferred, "MAX_BUILDS_PER_POLL")
 			check(t, "deferred for the cap", len(rep.Deferred), tt.capped)
 			check(t, "GitHub pages read", rep.GitHubRequests, tt.githubPages)
-			if n := w.st.Factory.Count(http.MethodHead, "/image/"); n > 2*len(tt.builds) {
+			if n := d.st.Factory.Count(http.MethodHead, "/image/"); n > 2*len(tt.builds) {
 				t.Errorf("asked the factory %d times for %d builds", n, len(tt.builds))
 			}
 		})
@@ -593,25 +591,25 @@ func newPublicKey(t *testing.T) string {
 func TestPollDuringFirstFactoryBuild(t *testing.T) {
 	t.Parallel()
 	const buildDelay, headTimeout = 4 * time.Second, 300 * time.Millisecond
-	w := newWorld(t, stack.Options{FactoryBuildDelay: buildDelay}, nil)
-	w.factory.HeadTimeout = headTimeout
+	d := newDeployment(t, stack.Options{FactoryBuildDelay: buildDelay}, nil)
+	d.factory.HeadTimeout = headTimeout
 	for _, v := range []string{"v1.12.8", "v1.13.9"} {
-		w.addOld(v, "amd64", time.Hour)
-		w.addOld(v, "arm64", time.Hour)
+		d.addOld(v, "amd64", time.Hour)
+		d.addOld(v, "arm64", time.Hour)
 	}
-	if quiet := w.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 {
+	if quiet := d.poll(false); !quiet.Empty() || len(quiet.Deferred) != 0 {
 		t.Fatalf("poll before the release: %+v", quiet.Plan)
 	}
 
-	if err := w.st.Factory.SetAvailable("v1.13.10", true); err != nil {
+	if err := d.st.Factory.SetAvailable("v1.13.10", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.st.GitHub.PublishRelease("v1.13.10"); err != nil {
+	if _, err := d.st.GitHub.PublishRelease("v1.13.10"); err != nil {
 		t.Fatal(err)
 	}
 	released := time.Now()
-	mutations := w.mutations()
-	rep := w.poll(false)
+	mutations := d.mutations()
+	rep := d.poll(false)
 	if took := time.Since(released); took >= buildDelay/2 {
 		t.Errorf("the poll took %s; the factory's build takes %s", took, buildDelay)
 	}
@@ -619,7 +617,7 @@ func TestPollDuringFirstFactoryBuild(t *testing.T) {
 	check(t, "builds while the factory builds", targets(rep.Builds), []string{})
 	check(t, "deferred while the factory builds", targets(rep.Deferred), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
 	checkReasons(t, "deferred", rep.Deferred, "the image factory is building it (no answer within 300ms): deferred to the next poll")
-	if n := w.mutations() - mutations; n != 0 || len(w.rec.take()) != 0 {
+	if n := d.mutations() - mutations; n != 0 || len(d.rec.take()) != 0 {
 		t.Errorf("the poll made %d changing requests or invoked the Builder", n)
 	}
 	// asked in parallel: the second HEAD did not wait for the first to time
@@ -627,7 +625,7 @@ func TestPollDuringFirstFactoryBuild(t *testing.T) {
 	var heads []time.Time
 	for wait := time.Now(); len(heads) < 2 && time.Since(wait) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
 		heads = heads[:0]
-		for _, r := range w.st.Factory.Requests() {
+		for _, r := range d.st.Factory.Requests() {
 			if r.Method == http.MethodHead && strings.Contains(r.Path, "/v1.13.10/") {
 				heads = append(heads, r.Time)
 			}
@@ -636,21 +634,21 @@ func TestPollDuringFirstFactoryBuild(t *testing.T) {
 	if len(heads) != 2 {
 		t.Fatalf("%d HEADs of the new images, want 2 (zstd, per architecture)", len(heads))
 	}
-	if d := heads[0].Sub(heads[1]).Abs(); d >= headTimeout/2 {
-		t.Errorf("the HEADs started %s apart: one after the other", d)
+	if gap := heads[0].Sub(heads[1]).Abs(); gap >= headTimeout/2 {
+		t.Errorf("the HEADs started %s apart: one after the other", gap)
 	}
 
 	// The factory finishes its builds: a patient client sees them.
-	patient := &talos.Factory{BaseURL: w.cfg.FactoryURL, HeadTimeout: time.Minute}
+	patient := &talos.Factory{BaseURL: d.cfg.FactoryURL, HeadTimeout: time.Minute}
 	for _, arch := range []string{"amd64", "arm64"} {
 		if _, err := patient.Find(context.Background(), talos.QemuGuestAgentSchematic, "v1.13.10", arch); err != nil {
 			t.Fatal(err)
 		}
 	}
-	next := w.poll(false)
+	next := d.poll(false)
 	check(t, "builds once the factory has built", targets(next.Builds), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
 	check(t, "deferred once the factory has built", targets(next.Deferred), []string{})
-	check(t, "Builder payloads", requests(w.rec.take()), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
+	check(t, "Builder payloads", requests(d.rec.take()), []string{"v1.13.10/amd64", "v1.13.10/arm64"})
 }
 
 // TestAnonymousGitHubWarns: a report says when GitHub is read without a
@@ -666,8 +664,8 @@ func TestAnonymousGitHubWarns(t *testing.T) {
 		{"with a token", map[string]string{"GITHUB_TOKEN": "ghp_x"}, []string{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, stack.Options{}, tc.env)
-			rep := w.poll(true)
+			d := newDeployment(t, stack.Options{}, tc.env)
+			rep := d.poll(true)
 			check(t, "warnings", rep.Warnings, tc.want)
 			b, err := json.Marshal(rep)
 			if err != nil {
