@@ -45,6 +45,10 @@ type Remote interface {
 	Close() error
 }
 
+// ProbeFunc tells whether the Talos API answers at addr (host:port), with
+// the version it reports when it can tell; talos.ProbeAPI.
+type ProbeFunc func(ctx context.Context, addr string) (version string, err error)
+
 // DialFunc connects to a rescue system at addr (host:port) as root.
 type DialFunc func(ctx context.Context, addr string, key *ssh.Key, log *slog.Logger) (Remote, error)
 
@@ -87,6 +91,12 @@ type Options struct {
 	// SnapshotTimeout is how long a snapshot may stay "creating" before the
 	// build counts it as failed; default 30m.
 	SnapshotTimeout time.Duration
+	// VerifyBoot publishes a snapshot only once a server booted from it
+	// serves the Talos API, within VerifyTimeout (default 5m).
+	VerifyBoot    bool
+	VerifyTimeout time.Duration
+	// TalosAPIPort is where the boot check looks; default 50000.
+	TalosAPIPort int
 	// LeaseTTL is how long a lease outlives its last renewal, so that a
 	// crashed invocation blocks others only briefly; default 90s.
 	LeaseTTL time.Duration
@@ -118,6 +128,12 @@ func (o *Options) setDefaults() {
 	if o.SnapshotTimeout <= 0 {
 		o.SnapshotTimeout = 30 * time.Minute
 	}
+	if o.VerifyTimeout <= 0 {
+		o.VerifyTimeout = 5 * time.Minute
+	}
+	if o.TalosAPIPort == 0 {
+		o.TalosAPIPort = talos.APIPort
+	}
 	if o.LeaseTTL <= 0 {
 		o.LeaseTTL = 90 * time.Second
 	}
@@ -128,6 +144,7 @@ type Builder struct {
 	cloud    Cloud
 	factory  Factory
 	dial     DialFunc
+	probe    ProbeFunc
 	cont     Continuer // nil: the caller loops on in_progress
 	opts     Options
 	log      *slog.Logger
@@ -146,6 +163,7 @@ type Deps struct {
 	Cloud     Cloud
 	Factory   Factory
 	Dial      DialFunc
+	Probe     ProbeFunc // default talos.ProbeAPI
 	Continuer Continuer // nil outside Lambda
 	Logger    *slog.Logger
 	// Owner names the invocation in leases (Lambda's request id); default a
@@ -162,7 +180,7 @@ type Deps struct {
 func New(d Deps, o Options) *Builder {
 	o.setDefaults()
 	b := &Builder{
-		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, cont: d.Continuer, opts: o,
+		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, probe: d.Probe, cont: d.Continuer, opts: o,
 		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: 250 * time.Millisecond,
 		resolver: d.Schematics,
 	}
@@ -171,6 +189,9 @@ func New(d Deps, o Options) *Builder {
 	}
 	if b.dial == nil {
 		b.dial = DialSSH
+	}
+	if b.probe == nil {
+		b.probe = talos.ProbeAPI
 	}
 	if b.owner == nil {
 		b.owner = func(context.Context) string { return randomID() }

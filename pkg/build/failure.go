@@ -180,6 +180,13 @@ func ConfigDigest(o Options, factoryURL string) string {
 		h.Write([]byte(k + "=" + o.Labels[k]))
 		h.Write([]byte{0})
 	}
+	// Whether snapshots are boot-checked is part of what a failure was met
+	// under; written only when off, so that the records made before the
+	// check existed (by builds that had none to fail) keep applying.
+	if !o.VerifyBoot {
+		h.Write([]byte("verify-boot=off"))
+		h.Write([]byte{0})
+	}
 	return hex.EncodeToString(h.Sum(nil)[:5])
 }
 

@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
 )
 
 // TestPlanServers plans on the catalog the API lists (infra/README.md, Hetzner: 40 GB x86

@@ -52,7 +52,7 @@ func (r *run) completeIfBuilt(ctx context.Context, log *slog.Logger) (bool, erro
 	if err != nil {
 		return false, err
 	}
-	newest := newestAvailable(snaps)
+	newest := newestPublished(snaps)
 	if newest == nil {
 		return false, nil
 	}
@@ -60,12 +60,12 @@ func (r *run) completeIfBuilt(ctx context.Context, log *slog.Logger) (bool, erro
 		// A forced build replaces the snapshots there are now, unless
 		// they were made for this very request (a re-delivery).
 		i := slices.IndexFunc(snaps, func(img *hcloud.Image) bool {
-			return img.Status == hcloud.ImageStatusAvailable && img.Labels[label.Request] == r.origin
+			return Published(img) && img.Labels[label.Request] == r.origin
 		})
 		if i < 0 {
 			r.replaces = r.replaces[:0]
 			for _, img := range snaps {
-				if img.Status == hcloud.ImageStatusAvailable && label.IsManaged(img.Labels) {
+				if Published(img) && label.IsManaged(img.Labels) {
 					r.replaces = append(r.replaces, img.ID)
 				}
 			}
@@ -105,10 +105,10 @@ func (r *run) completeIfBuilt(ctx context.Context, log *slog.Logger) (bool, erro
 	return true, nil
 }
 
-func newestAvailable(imgs []*hcloud.Image) *hcloud.Image {
+func newestPublished(imgs []*hcloud.Image) *hcloud.Image {
 	var newest *hcloud.Image
 	for _, img := range imgs {
-		if img.Status == hcloud.ImageStatusAvailable && (newest == nil || img.Created.After(newest.Created) ||
+		if Published(img) && (newest == nil || img.Created.After(newest.Created) ||
 			(img.Created.Equal(newest.Created) && img.ID > newest.ID)) {
 			newest = img
 		}
@@ -120,7 +120,7 @@ func newestAvailable(imgs []*hcloud.Image) *hcloud.Image {
 // a forced rebuild replaces the old snapshot only once the new one is there.
 func (r *run) deleteOthers(ctx context.Context, snaps []*hcloud.Image, keep *hcloud.Image, log *slog.Logger) error {
 	for _, img := range snaps {
-		if img.ID == keep.ID || img.Status != hcloud.ImageStatusAvailable || !label.IsManaged(img.Labels) {
+		if img.ID == keep.ID || !Published(img) || !label.IsManaged(img.Labels) {
 			continue
 		}
 		log.InfoContext(ctx, "deleting replaced snapshot", "snapshot_id", img.ID, "kept", keep.ID)

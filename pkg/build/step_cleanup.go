@@ -8,12 +8,14 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hetznercloud/hcloud-go/v2/hcloud"
+
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/label"
 )
 
 // cleanup deletes what the build no longer needs: duplicate snapshots of a
-// repeated create_image, the server, and the snapshots a forced build
-// replaces. The lease key goes when the lease is released.
+// repeated create_image, the boot server, the build server, and the
+// snapshots a forced build replaces. The lease key goes when the lease is released.
 func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 	b := r.b
 	snaps, err := r.snapshotsOfServer(ctx)
@@ -27,12 +29,24 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err != nil {
 		return "", err
 	}
+	if slices.ContainsFunc(snaps, func(img *hcloud.Image) bool { return img.ID == r.res.SnapshotID && Pending(img) }) {
+		return StepVerify, nil // never leave the build's snapshot unpublished
+	}
 	for _, dup := range snaps {
 		if dup.ID == r.res.SnapshotID || dup.Labels[label.Failed] != "" {
 			continue
 		}
 		log.InfoContext(ctx, "deleting a duplicate snapshot of a repeated create_image", "snapshot_id", dup.ID, "kept", r.res.SnapshotID)
 		if err := b.cloud.DeleteImage(ctx, dup); err != nil {
+			return "", err
+		}
+	}
+	if b.opts.VerifyBoot {
+		boot, err := r.lookupBootServer(ctx)
+		if err == nil && boot != nil {
+			err = b.cloud.DeleteServer(ctx, boot)
+		}
+		if err != nil {
 			return "", err
 		}
 	}
@@ -54,7 +68,7 @@ func (r *run) deleteReplaced(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	newest := newestAvailable(snaps)
+	newest := newestPublished(snaps)
 	for _, img := range snaps {
 		if !slices.Contains(r.replaces, img.ID) || img == newest || !label.IsManaged(img.Labels) {
 			continue

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strconv"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
@@ -34,11 +35,7 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err := r.checkpoint(ctx, StepWait, nil); err != nil {
 		return "", err
 	}
-	labels := r.t.snapshotLabels(b.opts.Cluster, b.opts.Labels, r.srv.ID)
-	if label.Check(label.Request, r.origin) == nil {
-		labels[label.Request] = r.origin // a re-delivered forced request finds its build done
-	}
-	img, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), labels)
+	img, err := b.cloud.CreateSnapshot(ctx, r.srv, r.t.description(), r.snapshotLabels(!b.opts.VerifyBoot))
 	if err != nil {
 		// The create may have gone through with its reply lost, and our
 		// own first try may be what locks the server: look before asking
@@ -52,6 +49,24 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 	log.InfoContext(ctx, "snapshot started", "snapshot_id", img.ID)
 	r.setSnapshot(img.ID)
 	return StepWait, nil
+}
+
+// snapshotLabels are the labels of the build's snapshot: published, the
+// contract consumers select on; else the target's and a pending mark, which
+// no consumer's selector matches (they all ask for os=talos).
+func (r *run) snapshotLabels(published bool) map[string]string {
+	var labels map[string]string
+	if published {
+		labels = r.t.snapshotLabels(r.b.opts.Cluster, r.b.opts.Labels, r.srv.ID)
+	} else {
+		labels = r.t.targetLabels(r.b.opts.Cluster)
+		labels[label.Build] = strconv.FormatInt(r.srv.ID, 10)
+		labels[label.Pending] = "verify"
+	}
+	if label.Check(label.Request, r.origin) == nil {
+		labels[label.Request] = r.origin // a re-delivered forced request finds its build done
+	}
+	return labels
 }
 
 // adoptSnapshot tells whether a live snapshot of the server exists, which

@@ -48,7 +48,7 @@ func (r *run) wait(ctx context.Context, log *slog.Logger) (Step, error) {
 			return "", err
 		}
 		if creating == nil {
-			return StepCleanup, nil
+			return StepVerify, nil
 		}
 		pause := pauses.Next()
 		if b.now().Add(pause).After(until) {

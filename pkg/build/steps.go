@@ -28,6 +28,7 @@ const (
 	StepInstall  Step = "install"
 	StepSnapshot Step = "snapshot"
 	StepWait     Step = "wait"
+	StepVerify   Step = "verify"
 	StepCleanup  Step = "cleanup"
 )
 
@@ -47,6 +48,7 @@ var steps = []struct {
 	{StepInstall, (*run).install, installBudget, "rewrites the whole disk, from a fresh rescue boot"},
 	{StepSnapshot, (*run).snapshot, stepBudget, "a snapshot labelled build=<server id> exists → adopt it"},
 	{StepWait, (*run).wait, stepBudget, "no snapshot, or it vanished → snapshot again (3 times at most)"},
+	{StepVerify, (*run).verify, verifyBudget, "boot server of the name → adopt it; a published snapshot is not checked again"},
 	{StepCleanup, (*run).cleanup, stepBudget, "deletes are idempotent"},
 }
 
@@ -59,6 +61,12 @@ type budget struct {
 var (
 	stepBudget    = budget{"STEP_TIMEOUT", func(o Options) time.Duration { return o.StepTimeout }}
 	installBudget = budget{"INSTALL_TIMEOUT", func(o Options) time.Duration { return o.InstallTimeout }}
+	verifyBudget  = budget{"VERIFY_TIMEOUT", func(o Options) time.Duration {
+		if !o.VerifyBoot {
+			return o.StepTimeout
+		}
+		return o.VerifyTimeout
+	}}
 )
 
 // budgetOf is the budget of a step; an unknown one (a label from a newer
@@ -110,8 +118,12 @@ func (r *run) build(ctx context.Context) Result {
 	// A function whose whole time cannot hold the longest step never
 	// finishes a build: fail before anything is created (and before every
 	// invocation hands over to the next, forever).
-	if whole := r.whole(ctx); whole < r.b.opts.InstallTimeout {
-		return r.failed(ctx, StepCheck, errTooShort(whole, StepInstall, r.b.opts))
+	longest := StepInstall
+	if verifyBudget.of(r.b.opts) > installBudget.of(r.b.opts) {
+		longest = StepVerify
+	}
+	if whole := r.whole(ctx); whole < budgetOf(longest).of(r.b.opts) {
+		return r.failed(ctx, StepCheck, errTooShort(whole, longest, r.b.opts))
 	}
 	log := r.log.With("step", StepCheck)
 	next, err := r.check(ctx, log)

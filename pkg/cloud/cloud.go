@@ -127,6 +127,9 @@ type CreateServerOpts struct {
 	ServerType string
 	Location   string
 	Image      string // a system image; the build boots into rescue anyway
+	// Snapshot, when set, is the image instead: the server's disk starts as
+	// the snapshot's.
+	Snapshot int64
 	Labels     map[string]string
 	// SSHKeys go into the server's image. Unused by a build, but a server
 	// created without keys gets a root password that Hetzner mails to the
@@ -138,10 +141,14 @@ type CreateServerOpts struct {
 // CreateServer creates a server that stays off: rescue must be enabled
 // before its first boot. It waits until the server exists.
 func (c *Client) CreateServer(ctx context.Context, o CreateServerOpts) (*hcloud.Server, error) {
+	img := &hcloud.Image{Name: o.Image}
+	if o.Snapshot != 0 {
+		img = &hcloud.Image{ID: o.Snapshot}
+	}
 	res, _, err := c.c.Server.Create(ctx, hcloud.ServerCreateOpts{
 		Name:             o.Name,
 		ServerType:       &hcloud.ServerType{Name: o.ServerType},
-		Image:            &hcloud.Image{Name: o.Image},
+		Image:            img,
 		Location:         &hcloud.Location{Name: o.Location},
 		StartAfterCreate: hcloud.Ptr(false),
 		Labels:           o.Labels,

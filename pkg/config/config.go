@@ -88,7 +88,11 @@ type Config struct {
 	// SnapshotTimeout is how long a snapshot may be "creating" before its
 	// build counts as failed.
 	SnapshotTimeout time.Duration `env:"SNAPSHOT_TIMEOUT, default=30m"`
-	LeaseTTL        time.Duration `env:"LEASE_TTL, default=90s"`
+	// VerifyBoot publishes a snapshot only once a server booted from it
+	// answers on the Talos API, within VerifyTimeout.
+	VerifyBoot    bool          `env:"VERIFY_BOOT, default=true"`
+	VerifyTimeout time.Duration `env:"VERIFY_TIMEOUT, default=5m"`
+	LeaseTTL      time.Duration `env:"LEASE_TTL, default=90s"`
 
 	// FailureBackoff is how long a target whose build failed waits before
 	// the Poller builds it again; the wait doubles with every further
@@ -114,6 +118,7 @@ const (
 	MaxStepTimeout    = 5 * time.Minute
 	MaxInstallTimeout = 12 * time.Minute
 	MaxSnapshotWait   = 12 * time.Minute
+	MaxVerifyTimeout  = 12 * time.Minute
 )
 
 // SecretReader reads a secret by reference; *secret.Reader.
@@ -317,6 +322,7 @@ func (c Config) Validate() error {
 		{"STEP_TIMEOUT", c.StepTimeout, time.Second, MaxStepTimeout},
 		{"INSTALL_TIMEOUT", c.InstallTimeout, time.Second, MaxInstallTimeout},
 		{"SNAPSHOT_WAIT", c.SnapshotWait, time.Second, MaxSnapshotWait},
+		{"VERIFY_TIMEOUT", c.VerifyTimeout, time.Second, MaxVerifyTimeout},
 		{"LEASE_TTL", c.LeaseTTL, 3 * time.Second, 15 * time.Minute},
 	} {
 		if d.value < d.least || d.value > d.most {
@@ -326,7 +332,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name  string
 		value time.Duration
-	}{{"INSTALL_TIMEOUT", c.InstallTimeout}, {"SNAPSHOT_WAIT", c.SnapshotWait}} {
+	}{{"INSTALL_TIMEOUT", c.InstallTimeout}, {"SNAPSHOT_WAIT", c.SnapshotWait}, {"VERIFY_TIMEOUT", c.VerifyTimeout}} {
 		if d.value <= MaxInstallTimeout && c.StepTimeout <= MaxStepTimeout && d.value+c.StepTimeout > StepBudget {
 			add("%s: %s plus STEP_TIMEOUT %s is more than %s: a step must fit one Builder invocation (at most 15m) with a minute to spare",
 				d.name, short(d.value), short(c.StepTimeout), short(StepBudget))

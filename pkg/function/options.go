@@ -29,6 +29,7 @@ func BuildOptions(c config.Config, schematics []string) build.Options {
 		Labels:        c.SnapshotLabels,
 		StepTimeout:   c.StepTimeout, InstallTimeout: c.InstallTimeout,
 		SnapshotWait: c.SnapshotWait, SnapshotTimeout: c.SnapshotTimeout, LeaseTTL: c.LeaseTTL,
+		VerifyBoot: c.VerifyBoot, VerifyTimeout: c.VerifyTimeout,
 		SigningKey: build.SigningKey(c.HCloudToken),
 	}
 	o.Failures = build.FailurePolicy{Backoff: c.FailureBackoff, Limit: c.FailureLimit,

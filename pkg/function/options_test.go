@@ -123,6 +123,8 @@ func TestConfigDigest(t *testing.T) {
 		{map[string]string{"SNAPSHOT_TIMEOUT": "40m"}, true},
 		{map[string]string{"LEASE_TTL": "2m"}, true},
 		{map[string]string{"SNAPSHOT_LABELS": "team=infra"}, true},
+		{map[string]string{"VERIFY_BOOT": "false"}, true},
+		{map[string]string{"VERIFY_TIMEOUT": "3m"}, false},
 		{map[string]string{"FAILURE_LIMIT": "7"}, false},
 		{map[string]string{"FAILURE_BACKOFF": "2h"}, false},
 		{map[string]string{"MAX_BUILDS_PER_POLL": "9"}, false},

@@ -43,6 +43,7 @@ const (
 	Build   = OwnPrefix + "build"   // id of the server it was taken of
 	Request = OwnPrefix + "request" // the request it was built for (also on failure records)
 	Failed  = OwnPrefix + "failed"  // why it failed, while it cannot be deleted yet
+	Pending = OwnPrefix + "pending" // "verify": not published until it booted
 
 	// On a lease key.
 	LeaseOwner = OwnPrefix + "owner" // the invocation holding it
@@ -66,6 +67,7 @@ const (
 	RoleLease       = "lease"
 	RoleFailure     = "failure"
 	RoleDeployment  = "deployment"
+	RoleBootCheck   = "boot-check" // a server booted from a new snapshot to verify it
 )
 
 // IsManaged tells whether labels mark a resource the builder made.
