@@ -85,8 +85,8 @@ type SSHKey struct {
 	Created     time.Time
 }
 
-// Image is a read-only view of an image; Digest is the disk digest a
-// snapshot recorded from Machines.DiskDigest.
+// Image is a read-only view of an image; Digest is the digest of the disk a
+// snapshot holds (Machines.SaveImage, CorruptImage).
 type Image struct {
 	ID              int64             `json:"id"`
 	Type            string            `json:"type"`   // system, snapshot, backup

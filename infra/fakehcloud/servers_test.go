@@ -103,7 +103,7 @@ func TestRescueBuildLifecycle(t *testing.T) {
 	if s, _, err := e.client.Server.GetByID(ctx(t), id); s != nil || err != nil {
 		t.Fatalf("deleted server still there: %v, %v", s, err)
 	}
-	want := []string{"create", "boot", "halt", "boot", "halt", "digest", "delete"}
+	want := []string{"create", "provision", "boot", "halt", "boot", "halt", "save", "delete"}
 	if ops := e.machines.ops(id); !slices.Equal(ops, want) {
 		t.Fatalf("machine calls = %v, want %v", ops, want)
 	}
