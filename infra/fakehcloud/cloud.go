@@ -4,9 +4,11 @@
 // actions that run for a while and lock their server, label selectors,
 // pagination, rate limit headers, and injectable faults.
 //
-// What stands behind a server (its disk, the rescue system reachable over
-// SSH) is delegated to a Machines implementation; without one, servers get
-// sequential loopback addresses and empty disks.
+// What stands behind a server (its disk, which a snapshot saves and a server
+// created from the snapshot starts with, the rescue system reachable over
+// SSH, what a boot from disk runs) is delegated to a Machines
+// implementation; without one, servers get sequential loopback addresses
+// and empty disks.
 //
 // The API is served under /v1; GET /_emulator/images (no token) lists the
 // images with the disk digest each snapshot recorded.
