@@ -87,7 +87,8 @@ type Faults struct {
 	// CorruptImages makes the next n create_image actions end well but keep
 	// a damaged disk (Machines.CorruptImage): the snapshot is available, and
 	// a server created from it boots nothing, so its Talos API never
-	// answers. Counted, not drawn.
+	// answers. Counted, not drawn. It needs Machines that keep disks
+	// (fakerescue); without them the create_image action fails.
 	CorruptImages int
 	// Refuse answers every request matching a "METHOD /v1/path" pattern
 	// (path.Match syntax, e.g. "PUT /v1/ssh_keys/*") with the fault, before

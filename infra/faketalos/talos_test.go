@@ -109,6 +109,24 @@ func TestSelfSignedCertificate(t *testing.T) {
 	if err := leaf.VerifyHostname("127.0.0.1"); err != nil {
 		t.Errorf("certificate does not name the node's address: %v", err)
 	}
+
+	// siderolabs/crypto's defaults: TLS 1.2 still works (with an Ed25519 certificate), X25519 only.
+	for _, tt := range []struct {
+		name string
+		cfg  *tls.Config
+		ok   bool
+	}{
+		{"TLS 1.2", &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}, true},
+		{"P-256 only", &tls.Config{InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.CurveP256}}, false},
+	} {
+		c, err := tls.Dial("tcp", s.Addr(), tt.cfg)
+		if err == nil {
+			c.Close()
+		}
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: handshake error %v, want success %v", tt.name, err, tt.ok)
+		}
+	}
 }
 
 func TestCloseStopsListening(t *testing.T) {
