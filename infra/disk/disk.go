@@ -4,6 +4,7 @@
 package disk
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -89,4 +90,52 @@ func contentEnd(f *os.File) (int64, error) {
 		end = off
 	}
 	return 0, nil
+}
+
+// Copy makes dst a sparse file of size bytes that holds src's content (its
+// bytes up to the last non-zero one) and returns the digest of that content,
+// as FileDigest does, from the same pass. Only non-zero blocks are written,
+// so a disk holding a small image costs little room. It fails if the content
+// does not fit in size bytes.
+func Copy(dst, src string, size int64) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer in.Close()
+	end, err := contentEnd(in)
+	if err != nil {
+		return "", fmt.Errorf("copy %s: %w", src, err)
+	}
+	if end > size {
+		return "", fmt.Errorf("copy %s: %d bytes of content do not fit in %d", src, end, size)
+	}
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("copy to %s: %w", dst, err)
+	}
+	defer out.Close()
+	if err := out.Truncate(size); err != nil {
+		return "", fmt.Errorf("copy to %s: %w", dst, err)
+	}
+	h := sha256.New()
+	const block = 1 << 20
+	buf, zeros := make([]byte, block), make([]byte, block)
+	for off := int64(0); off < end; off += block {
+		n := min(block, end-off)
+		if _, err := in.ReadAt(buf[:n], off); err != nil {
+			return "", fmt.Errorf("copy %s: %w", src, err)
+		}
+		h.Write(buf[:n])
+		if bytes.Equal(buf[:n], zeros[:n]) {
+			continue // a hole reads as zeros
+		}
+		if _, err := out.WriteAt(buf[:n], off); err != nil {
+			return "", fmt.Errorf("copy to %s: %w", dst, err)
+		}
+	}
+	if err := out.Close(); err != nil {
+		return "", fmt.Errorf("copy to %s: %w", dst, err)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -100,11 +100,17 @@ type target struct {
 // content is part of the path, so a Dir shared between runs with other
 // options stays consistent.
 func (f *Factory) rawPath(t target) string {
+	return filepath.Join(f.shapeDir(t.omit), t.schematic, t.version, "hcloud-"+t.arch+".raw")
+}
+
+// shapeDir is the directory of the raw images of this factory's scale and
+// data, lacking the partition omit if it is not empty.
+func (f *Factory) shapeDir(omit string) string {
 	shape := fmt.Sprintf("scale%d-%s", f.opts.Scale, f.opts.Data)
-	if t.omit != "" {
-		shape += "-without-" + t.omit
+	if omit != "" {
+		shape += "-without-" + omit
 	}
-	return filepath.Join(f.dir, shape, t.schematic, t.version, "hcloud-"+t.arch+".raw")
+	return filepath.Join(f.dir, shape)
 }
 
 // raw generates (once) and returns the raw image of t.
@@ -191,17 +197,49 @@ func (f *Factory) Image(schematic, version, arch string) (rawPath, digest string
 	if err != nil {
 		return "", "", err
 	}
+	if digest, err = f.digest(rawPath); err != nil {
+		return "", "", err
+	}
+	return rawPath, digest, nil
+}
+
+// digest returns disk.FileDigest of a raw image, computed once per path: a
+// path's content never changes.
+func (f *Factory) digest(rawPath string) (string, error) {
 	f.mu.Lock()
 	digest, ok := f.digests[rawPath]
 	f.mu.Unlock()
 	if ok {
-		return rawPath, digest, nil
+		return digest, nil
 	}
-	if digest, err = disk.FileDigest(rawPath); err != nil {
-		return "", "", err
+	digest, err := disk.FileDigest(rawPath)
+	if err != nil {
+		return "", err
 	}
 	f.mu.Lock()
 	f.digests[rawPath] = digest
 	f.mu.Unlock()
-	return rawPath, digest, nil
+	return digest, nil
+}
+
+// Identify tells which image a disk holds from its disk.FileDigest: the
+// version and architecture (amd64, arm64) of a whole raw image this factory
+// has made, in this run or an earlier one with the same Dir. An image that
+// lacks a partition (SetOmitPartition) is not reported: like any broken
+// build, it does not boot. It reads each image once, so the first call after
+// new images were made takes a moment at real sizes.
+func (f *Factory) Identify(digest string) (version, arch string, ok bool) {
+	raws, err := filepath.Glob(filepath.Join(f.shapeDir(""), "*", "*", "hcloud-*.raw"))
+	if err != nil {
+		return "", "", false // the pattern is well-formed
+	}
+	for _, raw := range raws {
+		d, err := f.digest(raw)
+		if err != nil || d != digest {
+			continue
+		}
+		arch = strings.TrimSuffix(strings.TrimPrefix(filepath.Base(raw), "hcloud-"), ".raw")
+		return filepath.Base(filepath.Dir(raw)), arch, true
+	}
+	return "", "", false
 }

@@ -11,7 +11,9 @@
 // answers when it is built (Options.BuildDelay), then serves it from its
 // cache. Knobs reproduce the failures seen in practice: a freshly published
 // release that still 404s (SetAvailable), truncated downloads (SetTruncate)
-// and broken images (SetOmitPartition).
+// and broken images (SetOmitPartition). Identify tells a disk that holds one
+// of its whole images by the disk's digest, which is how the local world
+// decides what a server boots.
 //
 // It serves only what pkg/talos and the rescue system's download ask for
 // (HEAD and GET of an hcloud image, the CDN path GET is redirected to, POST

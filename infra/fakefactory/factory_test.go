@@ -711,3 +711,47 @@ func TestBuildOnFirstRequest(t *testing.T) {
 		t.Errorf("%d HEADs redirected", n)
 	}
 }
+
+func TestIdentify(t *testing.T) {
+	f, url := start(t, fakefactory.Options{})
+	_, amd, err := f.Image(vanilla, "v1.13.9", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// made by a download, as a build makes it: what the download holds
+	_, body := do(t, "GET", imageURL(url, qemu, "v1.12.8", "hcloud-arm64.raw.zst"), nil)
+	raw, err := run(t, body, "zstd", "-dc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downloaded := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(downloaded, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	arm, err := disk.FileDigest(downloaded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetOmitPartition("META"); err != nil {
+		t.Fatal(err)
+	}
+	_, broken, err := f.Image(vanilla, "v1.11.6", "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		digest, version, arch string
+		ok                    bool
+	}{
+		{amd, "v1.13.9", "amd64", true},
+		{arm, "v1.12.8", "arm64", true},
+		{broken, "", "", false},
+		{"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "", "", false}, // an empty disk
+	}
+	for _, tt := range tests {
+		v, a, ok := f.Identify(tt.digest)
+		if v != tt.version || a != tt.arch || ok != tt.ok {
+			t.Errorf("Identify(%s) = %q, %q, %v; want %q, %q, %v", tt.digest, v, a, ok, tt.version, tt.arch, tt.ok)
+		}
+	}
+}

@@ -9,9 +9,11 @@
 // call, so it has no locations, datacenters, networks, volumes, firewalls or
 // billing, and no single-resource GET but for images.
 //
-// What stands behind a server (its disk, the rescue system reachable over
-// SSH) is delegated to a Machines implementation; without one, servers get
-// sequential loopback addresses and empty disks. The API is served under /v1.
+// What stands behind a server (its disk, which a snapshot saves and a server
+// created from the snapshot starts with, the rescue system reachable over
+// SSH, what a boot from disk runs) is delegated to a Machines
+// implementation; without one, servers get sequential loopback addresses
+// and empty disks. The API is served under /v1.
 package fakehcloud
 
 import (
@@ -86,8 +88,8 @@ type SSHKey struct {
 	Created     time.Time
 }
 
-// Image is a read-only view of an image; Digest is the disk digest a
-// snapshot recorded from Machines.DiskDigest.
+// Image is a read-only view of an image; Digest is the digest of the disk a
+// snapshot holds (Machines.SaveImage, CorruptImage).
 type Image struct {
 	ID              int64
 	Type            string // system, snapshot, backup

@@ -85,6 +85,12 @@ type Faults struct {
 	// servers locked meanwhile.
 	SlowImages   int
 	SlowImageFor time.Duration
+	// CorruptImages makes the next n create_image actions end well but keep
+	// a damaged disk (Machines.CorruptImage): the snapshot is available, and
+	// a server created from it boots nothing, so its Talos API never
+	// answers. Counted, not drawn. It needs Machines that keep disks
+	// (fakerescue); without them the create_image action fails.
+	CorruptImages int
 	// Refuse answers every request matching a "METHOD /v1/path" pattern
 	// (path.Match syntax, e.g. "PUT /v1/ssh_keys/*") with the fault, before
 	// it touches any state: an outage of one endpoint.
@@ -178,6 +184,17 @@ func (s *faultState) slowImage() (time.Duration, bool) {
 	}
 	s.faults.SlowImages--
 	return s.faults.SlowImageFor, true
+}
+
+// corruptImage tells whether the next create_image keeps a damaged disk.
+func (s *faultState) corruptImage() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.CorruptImages <= 0 {
+		return false
+	}
+	s.faults.CorruptImages--
+	return true
 }
 
 func (s *faultState) refused(method, path string) (Fault, bool) {

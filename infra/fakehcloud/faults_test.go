@@ -134,7 +134,7 @@ func TestFailActions(t *testing.T) {
 	if _, ok := e.cloud.Image(res.Image.ID); ok {
 		t.Fatal("failed snapshot kept")
 	}
-	if hasOp(e.machines.ops(srv.ID), "digest") {
+	if hasOp(e.machines.ops(srv.ID), "save") {
 		t.Fatal("failed create_image read the disk")
 	}
 }

@@ -20,6 +20,8 @@ type call struct {
 	op     string
 	id     int64
 	rescue *Rescue
+	arch   string // of a provision
+	image  int64  // of a provision
 }
 
 // fakeMachines records the calls the cloud makes and hands out addresses and
@@ -32,7 +34,7 @@ type fakeMachines struct {
 func (m *fakeMachines) record(op string, id int64, rescue *Rescue) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.calls = append(m.calls, call{op, id, rescue})
+	m.calls = append(m.calls, call{op: op, id: id, rescue: rescue})
 }
 
 func (m *fakeMachines) Create(id int64, diskBytes int64) (string, error) {
@@ -41,6 +43,13 @@ func (m *fakeMachines) Create(id int64, diskBytes int64) (string, error) {
 	}
 	m.record("create", id, nil)
 	return fmt.Sprintf("127.88.0.%d", id%250+1), nil
+}
+
+func (m *fakeMachines) Provision(id int64, arch string, image int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, call{op: "provision", id: id, arch: arch, image: image})
+	return nil
 }
 
 func (m *fakeMachines) Boot(id int64, rescue *Rescue) error {
@@ -53,9 +62,19 @@ func (m *fakeMachines) Halt(id int64) error {
 	return nil
 }
 
-func (m *fakeMachines) DiskDigest(id int64) (string, error) {
-	m.record("digest", id, nil)
+func (m *fakeMachines) SaveImage(id, _ int64) (string, error) {
+	m.record("save", id, nil)
 	return fakeDigest(id), nil
+}
+
+func (m *fakeMachines) CorruptImage(image int64) (string, error) {
+	m.record("corrupt", image, nil)
+	return fmt.Sprintf("sha256:corrupted-%d", image), nil
+}
+
+func (m *fakeMachines) DeleteImage(image int64) error {
+	m.record("delete-image", image, nil)
+	return nil
 }
 
 func (m *fakeMachines) Delete(id int64) error {
@@ -73,6 +92,19 @@ func (m *fakeMachines) ops(id int64) []string {
 	for _, c := range m.calls {
 		if c.id == id {
 			out = append(out, c.op)
+		}
+	}
+	return out
+}
+
+// provisions returns the Provision calls for server id.
+func (m *fakeMachines) provisions(id int64) []call {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []call
+	for _, c := range m.calls {
+		if c.id == id && c.op == "provision" {
+			out = append(out, c)
 		}
 	}
 	return out

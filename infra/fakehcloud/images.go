@@ -141,18 +141,32 @@ func (c *Cloud) updateImage(r *http.Request) (int, any, error) {
 }
 
 func (c *Cloud) deleteImage(r *http.Request) (int, any, error) {
+	id, err := c.removeImage(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	// The image is gone from the API; what Machines kept of it is storage
+	// only, so a failure to drop it is no failure of the request.
+	if err := c.machines.DeleteImage(id); err != nil {
+		c.logger.Warn("drop the disk of a deleted image", "image", id, "err", err)
+	}
+	return http.StatusNoContent, nil, nil
+}
+
+// removeImage removes the image of the {id} path value and returns its ID.
+func (c *Cloud) removeImage(r *http.Request) (int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	img, err := c.image(r)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	if img.Type == "system" {
-		return 0, nil, &apiError{http.StatusForbidden, "forbidden", "system images cannot be deleted", nil}
+		return 0, &apiError{http.StatusForbidden, "forbidden", "system images cannot be deleted", nil}
 	}
 	if c.busy[imageRef(img.ID)] > 0 {
-		return 0, nil, errLocked("image")
+		return 0, errLocked("image")
 	}
 	delete(c.images, img.ID)
-	return http.StatusNoContent, nil, nil
+	return img.ID, nil
 }

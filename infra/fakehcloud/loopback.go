@@ -14,7 +14,8 @@ var emptyDigest = func() string {
 }()
 
 // loopbackMachines is the Machines of a cloud on its own: sequential
-// loopback addresses 127.77.x.y, no disks, nothing to boot.
+// loopback addresses 127.77.x.y, no disks, nothing to boot. Every snapshot
+// is of an empty disk.
 type loopbackMachines struct {
 	mu    sync.Mutex
 	next  int
@@ -38,16 +39,24 @@ func (m *loopbackMachines) Create(id int64, _ int64) (string, error) {
 	return ip, nil
 }
 
+func (m *loopbackMachines) Provision(id int64, _ string, _ int64) error { return m.known(id) }
+
 func (m *loopbackMachines) Boot(id int64, _ *Rescue) error { return m.known(id) }
 
 func (m *loopbackMachines) Halt(id int64) error { return m.known(id) }
 
-func (m *loopbackMachines) DiskDigest(id int64) (string, error) {
+func (m *loopbackMachines) SaveImage(id, _ int64) (string, error) {
 	if err := m.known(id); err != nil {
 		return "", err
 	}
 	return emptyDigest, nil
 }
+
+func (m *loopbackMachines) CorruptImage(image int64) (string, error) {
+	return "", fmt.Errorf("corrupt image %d: loopback machines keep no disks", image)
+}
+
+func (m *loopbackMachines) DeleteImage(int64) error { return nil }
 
 func (m *loopbackMachines) Delete(id int64) error {
 	m.mu.Lock()

@@ -2,6 +2,7 @@ package fakehcloud
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -132,6 +133,7 @@ func (c *Cloud) createImage(s *server, req schema.ServerActionCreateImageRequest
 		d = slow
 	}
 	a := c.newAction("create_image", d, serverRef(serverID), imageRef(imageID))
+	corrupt := c.faults.corruptImage()
 	if c.faults.unavailableImage() {
 		c.run(a, func() error {
 			c.mu.Lock()
@@ -144,12 +146,17 @@ func (c *Cloud) createImage(s *server, req schema.ServerActionCreateImageRequest
 		return http.StatusCreated, schema.ServerActionCreateImageResponse{Action: a.view(), Image: img.schema()}, nil
 	}
 	c.run(a, c.failable("create_image", func() error {
-		digest, err := c.machines.DiskDigest(serverID)
+		digest, err := c.machines.SaveImage(serverID, imageID)
+		if err == nil && corrupt {
+			if digest, err = c.machines.CorruptImage(imageID); err != nil {
+				err = errors.Join(err, c.machines.DeleteImage(imageID))
+			}
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if err != nil {
 			drop()
-			return fmt.Errorf("digest disk of server %d: %w", serverID, err)
+			return fmt.Errorf("save disk of server %d: %w", serverID, err)
 		}
 		img, ok := c.images[imageID]
 		if !ok {

@@ -3,6 +3,7 @@ package fakehcloud
 import (
 	"cmp"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -144,8 +145,9 @@ func validateCreate(req *createServerRequest) (serverTypeSpec, schema.Location, 
 	return typ, l, nil
 }
 
-// resolveImage finds the image a server is created from; c.mu must be held.
-func (c *Cloud) resolveImage(ref schema.IDOrName, arch string) (*Image, error) {
+// resolveImage finds the image a server of architecture arch with a disk of
+// disk GB is created from; c.mu must be held.
+func (c *Cloud) resolveImage(ref schema.IDOrName, arch string, disk int) (*Image, error) {
 	for _, img := range c.images {
 		byID := ref.ID != 0 && img.ID == ref.ID
 		byName := ref.Name != "" && img.Name == ref.Name && img.Architecture == arch
@@ -157,6 +159,13 @@ func (c *Cloud) resolveImage(ref schema.IDOrName, arch string) (*Image, error) {
 		}
 		if img.Architecture != arch {
 			return nil, errInvalidField("image", "image architecture does not match server type")
+		}
+		if img.DiskSize > float32(disk) {
+			// The wording and status of the real API as quoted by its
+			// users (FACTS.md): a snapshot carries its build server's disk.
+			e := errInvalidField("image", "image disk is bigger than server type disk")
+			e.status, e.message = http.StatusUnprocessableEntity, "image disk is bigger than server type disk"
+			return nil, e
 		}
 		return img, nil
 	}
@@ -210,7 +219,7 @@ func (c *Cloud) createServer(r *http.Request) (int, any, error) {
 func (c *Cloud) commitServer(req createServerRequest, typ serverTypeSpec, loc schema.Location, start bool) (int, any, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	img, err := c.resolveImage(req.Image, typ.Architecture)
+	img, err := c.resolveImage(req.Image, typ.Architecture, typ.Disk)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -256,7 +265,14 @@ func (c *Cloud) commitServer(req createServerRequest, typ serverTypeSpec, loc sc
 		startEffect = c.failable("start_server", func() error { return c.setPower(id, true, false) }, nil)
 		resp.NextActions = append(resp.NextActions, startAction.view())
 	}
+	arch, imageID := typ.Architecture, img.ID
 	c.run(create, func() error {
+		// The disk gets the image's content while the server is created.
+		err := c.machines.Provision(id, arch, imageID)
+		if err != nil {
+			err = fmt.Errorf("provision server %d: %w", id, err)
+			startEffect = func() error { return fmt.Errorf("server %d was not created", id) }
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if s, ok := c.servers[id]; ok && s.Status == "initializing" {
@@ -266,7 +282,7 @@ func (c *Cloud) commitServer(req createServerRequest, typ serverTypeSpec, loc sc
 		if startAction != nil {
 			c.run(startAction, startEffect)
 		}
-		return nil
+		return err
 	})
 
 	// Without SSH keys the API returns a root password, and Hetzner mails
@@ -335,19 +351,24 @@ func (c *Cloud) deleteServer(r *http.Request) (int, any, error) {
 	a := c.newAction("delete_server", c.duration("delete_server"), serverRef(id))
 	c.run(a, func() error {
 		err := c.machines.Delete(id)
+		if err != nil {
+			err = fmt.Errorf("delete machine of server %d: %w", id, err)
+		}
 		c.mu.Lock()
-		defer c.mu.Unlock()
 		delete(c.servers, id)
 		// Backups live and die with their server.
+		var backups []int64
 		for imgID, img := range c.images {
 			if img.Type == "backup" && img.BoundTo == id {
 				delete(c.images, imgID)
+				backups = append(backups, imgID)
 			}
 		}
-		if err != nil {
-			return fmt.Errorf("delete machine of server %d: %w", id, err)
+		c.mu.Unlock()
+		for _, imgID := range backups {
+			err = errors.Join(err, c.machines.DeleteImage(imgID))
 		}
-		return nil
+		return err
 	})
 	return http.StatusOK, schema.ServerDeleteResponse{Action: a.view()}, nil
 }

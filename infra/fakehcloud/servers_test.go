@@ -103,7 +103,7 @@ func TestRescueBuildLifecycle(t *testing.T) {
 	if s := e.listedServer(t, id); s != nil {
 		t.Fatalf("deleted server still listed: %v", s)
 	}
-	want := []string{"create", "boot", "halt", "boot", "halt", "digest", "delete"}
+	want := []string{"create", "provision", "boot", "halt", "boot", "halt", "save", "delete"}
 	if ops := e.machines.ops(id); !slices.Equal(ops, want) {
 		t.Fatalf("machine calls = %v, want %v", ops, want)
 	}

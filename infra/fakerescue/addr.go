@@ -17,9 +17,9 @@ var claimed = struct {
 }{addrs: make(map[string]bool)}
 
 // claimAddr picks a random loopback address 127.R.S.T outside 127.0.0.0/16
-// whose port is free. Random picks keep pools of different processes (test
+// whose ports are free. Random picks keep pools of different processes (test
 // binaries running in parallel) apart; the probe catches the rare collision.
-func claimAddr(port int) (string, error) {
+func claimAddr(ports ...int) (string, error) {
 	claimed.Lock()
 	defer claimed.Unlock()
 	for range 100 {
@@ -27,17 +27,30 @@ func claimAddr(port int) (string, error) {
 		if claimed.addrs[ip] {
 			continue
 		}
+		free, err := portsFree(ip, ports)
+		if err != nil {
+			return "", err
+		}
+		if free {
+			claimed.addrs[ip] = true
+			return ip, nil
+		}
+	}
+	return "", fmt.Errorf("no free loopback address for ports %v (does something listen on 0.0.0.0 there?)", ports)
+}
+
+// portsFree reports whether each of ports can be listened on at ip.
+func portsFree(ip string, ports []int) (bool, error) {
+	for _, port := range ports {
 		ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 		if err != nil {
-			continue
+			return false, nil
 		}
 		if err := ln.Close(); err != nil {
-			return "", fmt.Errorf("probe %s: %w", ip, err)
+			return false, fmt.Errorf("probe %s: %w", ip, err)
 		}
-		claimed.addrs[ip] = true
-		return ip, nil
 	}
-	return "", fmt.Errorf("no free loopback address for port %d (does something listen on 0.0.0.0:%d?)", port, port)
+	return true, nil
 }
 
 func releaseAddr(ip string) {

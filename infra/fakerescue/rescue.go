@@ -19,6 +19,12 @@
 // It boots no kernel: a boot from disk starts nothing, sessions get no PTY,
 // and nothing sees the disk as a kernel would (lsblk, udev).
 //
+// A server booted from its disk runs the Talos API stand-in of
+// infra/faketalos on its address, port 50000, when the disk holds a Talos
+// image of the server's architecture (Options.Identify); anything else boots
+// to nothing that listens. Servers created from a snapshot start with the
+// disk the snapshot saved (SaveImage, Provision).
+//
 // Pool implements the Machines interface of infra/fakehcloud but for the type of
 // Boot's argument, which converts (see Rescue).
 package fakerescue
@@ -41,6 +47,7 @@ import (
 	"time"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
+	"github.com/hcloud-k8s/hcloud-k8s/infra/faketalos"
 )
 
 // Options configure a Pool. The zero value works.
@@ -76,6 +83,18 @@ type Options struct {
 	// DiscardKeepsData makes blkdiscard succeed without zeroing anything,
 	// as Linux allows: "blkdiscard --zeroout" still zeroes.
 	DiscardKeepsData bool
+	// Identify tells what a disk holds from its disk.FileDigest: the Talos
+	// version and architecture (amd64, arm64) of an image that boots, ok
+	// false for anything else (fakefactory.Factory.Identify). Nil: no disk
+	// boots.
+	Identify func(digest string) (version, arch string, ok bool)
+	// TalosBootDelay is the time from a boot from disk until the Talos API
+	// accepts connections. Default 100 ms; no public source gives a figure
+	// for Hetzner (the Talos integration tests wait up to a minute for the
+	// maintenance API of a QEMU node).
+	TalosBootDelay time.Duration
+	// TalosPort is the Talos API port. Default 50000.
+	TalosPort int
 	// PowerFunc, if set, is called after a guest powered itself off
 	// ("poweroff") or asked for a reboot ("reboot"). The pool has halted the
 	// machine already; for a reboot the caller decides how to boot it again.
@@ -97,8 +116,11 @@ type EventKind string
 // Kinds of events in the pool's log.
 const (
 	EventCreate     EventKind = "create"      // disk and address allocated; Detail: address
+	EventProvision  EventKind = "provision"   // the disk took a saved image's content; Detail: "image <id>"
 	EventBoot       EventKind = "boot"        // Detail: "rescue" or "disk"
 	EventReady      EventKind = "ready"       // SSH accepts connections; Detail: address
+	EventTalos      EventKind = "talos"       // the Talos API accepts connections; Detail: version and address
+	EventNoBoot     EventKind = "no-boot"     // a boot from disk found nothing to boot; Detail: why
 	EventLogin      EventKind = "login"       // Detail: key fingerprint
 	EventAuthFailed EventKind = "auth-failed" // Detail: user and key fingerprint
 	EventExec       EventKind = "exec"        // a command started; Detail: command ("" for a shell)
@@ -133,13 +155,17 @@ type Pool struct {
 	control   *http.Server
 	powerURL  string
 	bootDelay time.Duration
-	machines  map[int64]*machine
-	tokens    map[string]int64 // power-control token → server id
+	// talosBootDelay is Options.TalosBootDelay until SetTalosBootDelay.
+	talosBootDelay time.Duration
+	machines       map[int64]*machine
+	tokens         map[string]int64 // power-control token → server id
+	images         map[int64]string // image id → saved disk file
 
 	eventsMu sync.Mutex
 	events   []Event
 
 	power sync.WaitGroup // guest power requests in flight
+	boots sync.WaitGroup // boots from disk reading their disk or waiting
 }
 
 // machine is one emulated server.
@@ -151,7 +177,9 @@ type machine struct {
 	token string
 
 	mu      sync.Mutex // serialises power transitions
+	arch    string     // x86 or arm once provisioned
 	host    *host      // the running rescue system, nil otherwise
+	os      *diskBoot  // the boot from disk, nil otherwise
 	deleted bool
 }
 
@@ -166,6 +194,12 @@ func New(opts Options) *Pool {
 	if opts.Port == 0 {
 		opts.Port = 22
 	}
+	if opts.TalosBootDelay <= 0 {
+		opts.TalosBootDelay = 100 * time.Millisecond
+	}
+	if opts.TalosPort == 0 {
+		opts.TalosPort = faketalos.Port
+	}
 	if opts.Shell == "" {
 		opts.Shell = "/bin/bash"
 	}
@@ -174,11 +208,13 @@ func New(opts Options) *Pool {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Pool{
-		opts:      opts,
-		log:       log,
-		bootDelay: opts.BootDelay,
-		machines:  make(map[int64]*machine),
-		tokens:    make(map[string]int64),
+		opts:           opts,
+		log:            log,
+		bootDelay:      opts.BootDelay,
+		talosBootDelay: opts.TalosBootDelay,
+		machines:       make(map[int64]*machine),
+		tokens:         make(map[string]int64),
+		images:         make(map[int64]string),
 	}
 }
 
@@ -245,7 +281,7 @@ func (p *Pool) Create(id int64, diskBytes int64) (string, error) {
 		os.RemoveAll(m.bin)
 		return "", fmt.Errorf("create machine %d: %w", id, err)
 	}
-	ip, err := claimAddr(p.opts.Port)
+	ip, err := claimAddr(p.opts.Port, p.opts.TalosPort)
 	if err != nil {
 		os.Remove(m.disk)
 		os.RemoveAll(m.bin)
@@ -330,7 +366,9 @@ func (p *Pool) machine(id int64) (*machine, error) {
 // non-nil it boots the rescue system: its namespace is built at once (an
 // error here means commands could not run safely), and SSH accepts root
 // logins with rescue.AuthorizedKeys on ip:Port after the boot delay, with a
-// host key of its own. With rescue nil it boots from disk: nothing listens.
+// host key of its own. With rescue nil it boots from disk: the Talos API
+// listens on ip:TalosPort after TalosBootDelay if the disk holds a Talos
+// image of the machine's architecture; otherwise nothing listens.
 func (p *Pool) Boot(id int64, rescue *Rescue) error {
 	m, err := p.machine(id)
 	if err != nil {
@@ -349,6 +387,7 @@ func (p *Pool) Boot(id int64, rescue *Rescue) error {
 	}
 	if rescue == nil {
 		p.record(Event{Server: id, Kind: EventBoot, Detail: "disk"})
+		m.os = p.bootDisk(m)
 		return nil
 	}
 	start := time.Now()
@@ -365,8 +404,9 @@ func (p *Pool) Boot(id int64, rescue *Rescue) error {
 	return nil
 }
 
-// Halt powers the server off at once: SSH stops listening, connections
-// drop and every process of the rescue system is killed before it returns.
+// Halt powers the server off at once: SSH or the Talos API stops listening,
+// connections drop and every process of the rescue system is killed before
+// it returns.
 func (p *Pool) Halt(id int64) error {
 	m, err := p.machine(id)
 	if err != nil {
@@ -380,13 +420,19 @@ func (p *Pool) Halt(id int64) error {
 	return nil
 }
 
-// haltLocked stops the rescue system if one runs and reports whether it did.
+// haltLocked stops the rescue system or the boot from disk if one runs and
+// reports whether it did.
 func (m *machine) haltLocked() bool {
-	if m.host == nil {
+	switch {
+	case m.host != nil:
+		m.host.stop()
+		m.host = nil
+	case m.os != nil:
+		m.os.halt()
+		m.os = nil
+	default:
 		return false
 	}
-	m.host.stop()
-	m.host = nil
 	return true
 }
 
@@ -431,10 +477,18 @@ func (p *Pool) Delete(id int64) error {
 	return nil
 }
 
-// SetBootDelay changes the boot delay of later boots.
+// SetBootDelay changes the boot delay of later rescue boots.
 func (p *Pool) SetBootDelay(d time.Duration) {
 	p.mu.Lock()
 	p.bootDelay = d
+	p.mu.Unlock()
+}
+
+// SetTalosBootDelay changes the time later boots from disk take until the
+// Talos API listens, e.g. beyond a client's patience.
+func (p *Pool) SetTalosBootDelay(d time.Duration) {
+	p.mu.Lock()
+	p.talosBootDelay = d
 	p.mu.Unlock()
 }
 
@@ -468,8 +522,9 @@ func (p *Pool) record(e Event) {
 	p.eventsMu.Unlock()
 }
 
-// Close halts every machine, waits for guest power requests and stops the
-// power-control server. Disk files stay, unless the pool made its own Dir.
+// Close halts every machine, waits for guest power requests and boots from
+// disk, and stops the power-control server. Disk and image files stay,
+// unless the pool made its own Dir.
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -498,6 +553,7 @@ func (p *Pool) Close() error {
 		m.mu.Unlock()
 		releaseAddr(m.ip)
 	}
+	p.boots.Wait()
 	if p.ownDir {
 		err = errors.Join(err, os.RemoveAll(p.dir))
 	}

@@ -95,11 +95,13 @@ func Start(o Options) (_ *Stack, err error) {
 	s.logger = logger
 
 	// The guest's power commands (poweroff in rescue) reach the cloud that
-	// the pool serves: the cloud exists before any server can boot.
+	// the pool serves, and disks boot the factory's images: both exist
+	// before any server can boot.
 	var cloud *fakehcloud.Cloud
 	s.Machines = fakerescue.New(fakerescue.Options{
 		Dir: dir + "/disks", DiskSize: o.DiskSize, BootDelay: o.BootDelay, Logger: logger,
 		PowerFunc: func(id int64, op string) { cloud.GuestPower(id, op) },
+		Identify:  func(digest string) (string, string, bool) { return s.Factory.Identify(digest) },
 	})
 	cloud = fakehcloud.New(fakehcloud.Options{
 		Machines: machines{s.Machines}, ActionDuration: o.ActionDuration, ActionDurations: o.ActionDurations,
