@@ -180,7 +180,7 @@ func TestParameterPatterns(t *testing.T) {
 		"Locations": {"fsn1,nbg1,hel1", "ash"}, "ServerImage": {"ubuntu-24.04"}, "SnapshotLabels": {"type=infra,team=ops"},
 		"ClusterName": {"prod-1"}, "MinVersion": {"v1.14.0-beta.1"}, "BuildServerTtl": {"1h", "90m", "1h30m", "24h"},
 		"SnapshotTimeout": {"10s", "30m", "59m59s"}, "LeaseTtl": {"3s", "90s", "15m"}, "StepTimeout": {"1s", "90s", "2m"},
-		"InstallTimeout": {"8m30s", "12m"}, "SnapshotWait": {"2m", "12m"}, "HCloudEndpoint": {"https://10.0.0.1:8443/v1/"},
+		"InstallTimeout": {"8m30s", "12m"}, "SnapshotWait": {"2m", "12m"}, "VerifyTimeout": {"5m", "12m"}, "HCloudEndpoint": {"https://10.0.0.1:8443/v1/"},
 	} {
 		for _, value := range values {
 			if err := allowed(obj(params[param]), value); err != nil {
@@ -217,7 +217,7 @@ func TestParameterPairs(t *testing.T) {
 		}
 		return best
 	}
-	for _, pair := range [][2]string{{"StepTimeout", "InstallTimeout"}, {"StepTimeout", "SnapshotWait"}} {
+	for _, pair := range [][2]string{{"StepTimeout", "InstallTimeout"}, {"StepTimeout", "SnapshotWait"}, {"StepTimeout", "VerifyTimeout"}} {
 		a, b := extreme(pair[0], true), extreme(pair[1], true)
 		if err := loadWith(map[string]string{vars[pair[0]]: a, vars[pair[1]]: b}); err != nil {
 			t.Errorf("%s=%s and %s=%s both deploy, but the functions refuse them: %v", pair[0], a, pair[1], b, err)

@@ -17,8 +17,8 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/faketalos"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/testenv"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 // snapshot creates a snapshot of srv and waits until it is available.
@@ -170,11 +170,11 @@ func (e *bootEnv) build(t *testing.T, name, typ, version, arch string) *hcloud.I
 
 // talosVersion asks the server's Talos API for its version until it
 // answers or patience ends.
-func talosVersion(ip string, patience time.Duration) (faketalos.VersionInfo, error) {
+func talosVersion(ip string, patience time.Duration) (talos.VersionInfo, error) {
 	deadline := time.Now().Add(patience)
 	for {
 		c, cancel := context.WithTimeout(context.Background(), time.Second)
-		v, err := faketalos.Version(c, net.JoinHostPort(ip, "50000"))
+		v, err := talos.APIVersion(c, net.JoinHostPort(ip, "50000"))
 		cancel()
 		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
 			return v, err

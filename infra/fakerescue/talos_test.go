@@ -18,7 +18,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/infra/disk"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakerescue"
-	"github.com/hcloud-k8s/hcloud-k8s/infra/faketalos"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 const talosDelay = 300 * time.Millisecond
@@ -65,11 +65,11 @@ func talosAddr(ip string) string { return net.JoinHostPort(ip, "50000") }
 
 // waitVersion asks the Talos API at ip for its version until it listens or
 // patience ends.
-func waitVersion(ip string, patience time.Duration) (faketalos.VersionInfo, error) {
+func waitVersion(ip string, patience time.Duration) (talos.VersionInfo, error) {
 	deadline := time.Now().Add(patience)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		v, err := faketalos.Version(ctx, talosAddr(ip))
+		v, err := talos.APIVersion(ctx, talosAddr(ip))
 		cancel()
 		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
 			return v, err
@@ -165,7 +165,7 @@ func TestBootFromDisk(t *testing.T) {
 				}
 				return
 			}
-			want := faketalos.VersionInfo{Tag: tt.want, OS: "linux", Arch: tt.arch, Platform: "hcloud", Mode: "cloud"}
+			want := talos.VersionInfo{Tag: tt.want, OS: "linux", Arch: tt.arch, Platform: "hcloud", Mode: "cloud"}
 			if err != nil || v != want {
 				t.Fatalf("Version = %+v, %v; want %+v", v, err, want)
 			}

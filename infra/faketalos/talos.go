@@ -15,7 +15,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -29,15 +28,13 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 // Port is the Talos API port (siderolabs/talos pkg/machinery/constants:
 // ApidPort), where maintenance mode listens too.
 const Port = 50000
-
-// VersionMethod is the gRPC method of `talosctl version`: service
-// MachineService of proto package machine (api/machine/machine.proto).
-const VersionMethod = "/machine.MachineService/Version"
 
 // commonName is the maintenance certificate's subject (siderolabs/talos
 // pkg/machinery/constants: MaintenanceServiceCommonName).
@@ -91,7 +88,7 @@ func Start(opts Options) (*Server, error) {
 	s := &Server{opts: opts, answers: v.answersVersion(), ln: ln, done: make(chan struct{})}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig(cert))),
-		grpc.ForceServerCodec(rawCodec{}),
+		grpc.ForceServerCodec(talos.BytesCodec{}),
 	)
 	s.grpc.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "machine.MachineService",
@@ -267,26 +264,3 @@ func tlsConfig(cert tls.Certificate) *tls.Config {
 		ClientAuth:             tls.NoClientCert,
 	}
 }
-
-// rawCodec passes messages through as bytes: the stand-in encodes its one
-// answer with protowire instead of generated code.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) ([]byte, error) {
-	b, ok := v.([]byte)
-	if !ok {
-		return nil, fmt.Errorf("raw codec: cannot marshal %T", v)
-	}
-	return b, nil
-}
-
-func (rawCodec) Unmarshal(data []byte, v any) error {
-	p, ok := v.(*[]byte)
-	if !ok {
-		return errors.New("raw codec: can only unmarshal into *[]byte")
-	}
-	*p = append((*p)[:0], data...)
-	return nil
-}
-
-func (rawCodec) Name() string { return "proto" }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/faketalos"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
 
 func start(t *testing.T, version, arch string) *faketalos.Server {
@@ -47,14 +48,14 @@ func TestVersion(t *testing.T) {
 			s := start(t, tt.version, tt.arch)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			got, err := faketalos.Version(ctx, s.Addr())
+			got, err := talos.APIVersion(ctx, s.Addr())
 			if !tt.answers {
 				if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "API is not implemented in maintenance mode") {
 					t.Fatalf("Version = %+v, %v; want Unimplemented", got, err)
 				}
 				return
 			}
-			want := faketalos.VersionInfo{Tag: tt.version, OS: "linux", Arch: tt.arch, Platform: "hcloud", Mode: "cloud"}
+			want := talos.VersionInfo{Tag: tt.version, OS: "linux", Arch: tt.arch, Platform: "hcloud", Mode: "cloud"}
 			if err != nil || got != want {
 				t.Fatalf("Version = %+v, %v; want %+v", got, err, want)
 			}

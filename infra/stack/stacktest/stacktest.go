@@ -37,6 +37,7 @@ func Timings() map[string]string {
 		"INSTALL_TIMEOUT": "30s",
 		"SNAPSHOT_WAIT":   "5s",
 		"LEASE_TTL":       "3s",
+		"VERIFY_TIMEOUT":  "20s",
 	}
 }
 
