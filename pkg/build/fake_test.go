@@ -136,7 +136,7 @@ func (f *fakeCloud) CreateServer(_ context.Context, o cloud.CreateServerOpts) (*
 	id := f.id()
 	s := &hcloud.Server{ID: id, Name: o.Name, Status: hcloud.ServerStatusOff, Labels: maps.Clone(o.Labels),
 		ServerType: &hcloud.ServerType{Name: o.ServerType}, Location: &hcloud.Location{Name: o.Location},
-		PublicNet: hcloud.ServerPublicNet{IPv4: hcloud.ServerPublicNetIPv4{IP: net.IPv4(127, 0, 0, 1)}}}
+		PublicNet: hcloud.ServerPublicNet{IPv4: hcloud.ServerPublicNetIPv4{IP: net.IPv4(127, 0, 0, 1)}}, Created: time.Now()}
 	f.servers[id] = s
 	c := *s
 	return &c, nil
