@@ -19,15 +19,20 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // EventBridge's limits (API Reference, PutEvents and "Calculating PutEvents
 // event entry size"): 1 to 10 entries a request, their total size less
 // than 256 KB. EventBridge raised the size to 1 MB in January 2026; the
 // stand-in keeps the smaller one, which real EventBridge accepts either way.
+// How EventBridge refuses a request beyond them is not documented: here
+// with ValidationException.
+// A detail type has at most 128 characters (PutEventsRequestEntry).
 const (
-	MaxEntries   = 10
-	MaxEntrySize = 256 * 1024
+	MaxEntries    = 10
+	MaxEntrySize  = 256 * 1024
+	MaxDetailType = 128
 )
 
 // DefaultBus is the account's default event bus, the only one here.
@@ -138,9 +143,14 @@ func (b *Bus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"constraint: Member must have length between 1 and %d (got %d)", MaxEntries, n))
 		return
 	}
-	total := 0
+	total, complete := 0, false
 	for _, e := range in.Entries {
 		total += e.size()
+		complete = complete || e.Source != "" && e.DetailType != "" && e.Detail != ""
+	}
+	if !complete {
+		awsError(w, "ValidationException", "no entry has Detail, DetailType and Source")
+		return
 	}
 	if total >= MaxEntrySize {
 		awsError(w, "ValidationException", fmt.Sprintf("Total size of the entries in the request is over the limit: %d bytes, "+
@@ -171,6 +181,9 @@ func (b *Bus) put(e entry) result {
 		if f.value == "" {
 			return fail("InvalidArgument", fmt.Sprintf("Parameter %s is not valid. Reason: %s is a required argument.", f.name, f.name))
 		}
+	}
+	if n := utf8.RuneCountInString(e.DetailType); n > MaxDetailType {
+		return fail("InvalidArgument", fmt.Sprintf("Parameter DetailType is not valid. Reason: %d characters, at most %d.", n, MaxDetailType))
 	}
 	// The detail is a JSON object (EventBridge User Guide, "Amazon
 	// EventBridge events": detail is "a JSON object").

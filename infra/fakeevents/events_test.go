@@ -35,7 +35,7 @@ func valid() types.PutEventsRequestEntry {
 
 // TestPutEvents: entries are checked one by one as EventBridge checks them;
 // the request succeeds, a refused entry has an error code and is counted,
-// and only the accepted ones are recorded.
+// and only the accepted ones are recorded, each with its own ID.
 func TestPutEvents(t *testing.T) {
 	with := func(f func(e *types.PutEventsRequestEntry)) types.PutEventsRequestEntry {
 		e := valid()
@@ -58,35 +58,40 @@ func TestPutEvents(t *testing.T) {
 		{"no source", with(func(e *types.PutEventsRequestEntry) { e.Source = nil }), "InvalidArgument"},
 		{"no detail type", with(func(e *types.PutEventsRequestEntry) { e.DetailType = aws.String("") }), "InvalidArgument"},
 		{"no detail", with(func(e *types.PutEventsRequestEntry) { e.Detail = nil }), "InvalidArgument"},
+		{"detail type of 128 characters", with(func(e *types.PutEventsRequestEntry) { e.DetailType = aws.String(strings.Repeat("ü", 128)) }), ""},
+		{"detail type of 129 characters", with(func(e *types.PutEventsRequestEntry) { e.DetailType = aws.String(strings.Repeat("a", 129)) }), "InvalidArgument"},
 		{"detail not JSON", with(func(e *types.PutEventsRequestEntry) { e.Detail = aws.String(`{"version":`) }), "MalformedDetail"},
 		{"detail not an object", with(func(e *types.PutEventsRequestEntry) { e.Detail = aws.String(`["v1.13.9"]`) }), "MalformedDetail"},
 		{"detail null", with(func(e *types.PutEventsRequestEntry) { e.Detail = aws.String(`null`) }), "MalformedDetail"},
 		{"another bus", with(func(e *types.PutEventsRequestEntry) { e.EventBusName = aws.String("builds") }), "ResourceNotFoundException"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			// Behind a valid entry: a request of no complete entry fails
+			// as a whole (TestPutEventsLimits).
 			b, c := start(t)
-			out, err := c.PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []types.PutEventsRequestEntry{tt.entry}})
+			out, err := c.PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []types.PutEventsRequestEntry{valid(), tt.entry}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(out.Entries) != 1 {
-				t.Fatalf("%d result entries, want 1", len(out.Entries))
+			if len(out.Entries) != 2 || out.Entries[0].EventId == nil {
+				t.Fatalf("result entries %+v, want 2, the first accepted", out.Entries)
 			}
-			res, events := out.Entries[0], b.Events()
+			res, events := out.Entries[1], b.Events()
 			if got := aws.ToString(res.ErrorCode); got != tt.code {
 				t.Fatalf("error code %q (%s), want %q", got, aws.ToString(res.ErrorMessage), tt.code)
 			}
 			if tt.code != "" {
-				if out.FailedEntryCount != 1 || res.EventId != nil || len(events) != 0 {
+				if out.FailedEntryCount != 1 || res.EventId != nil || len(events) != 1 {
 					t.Errorf("refused entry: %d failed, event id %v, %d events recorded", out.FailedEntryCount, res.EventId, len(events))
 				}
 				return
 			}
-			if out.FailedEntryCount != 0 || len(events) != 1 || events[0].ID != aws.ToString(res.EventId) || len(events[0].ID) != 36 {
+			if out.FailedEntryCount != 0 || len(events) != 2 || events[1].ID != aws.ToString(res.EventId) || len(events[1].ID) != 36 ||
+				events[0].ID == events[1].ID {
 				t.Fatalf("accepted entry: %d failed, id %v, events %+v", out.FailedEntryCount, res.EventId, events)
 			}
-			ev := events[0]
-			if ev.Bus != "default" || ev.Source != "hcloud-k8s" || ev.DetailType != "Talos Snapshot Available" ||
+			ev := events[1]
+			if ev.Bus != "default" || ev.Source != "hcloud-k8s" || ev.DetailType != aws.ToString(tt.entry.DetailType) ||
 				string(ev.Detail) != `{"version":"v1.13.9"}` {
 				t.Errorf("event %+v", ev)
 			}
@@ -97,8 +102,9 @@ func TestPutEvents(t *testing.T) {
 	}
 }
 
-// TestPutEventsLimits: more than ten entries, or entries of 256 KB and
-// more, fail the whole request; within the limits each entry is judged.
+// TestPutEventsLimits: more than ten entries, entries of 256 KB and more,
+// or none that has a source, detail type and detail fail the whole
+// request; within the limits each entry is judged.
 func TestPutEventsLimits(t *testing.T) {
 	big := func(n int) types.PutEventsRequestEntry {
 		e := valid()
@@ -120,6 +126,7 @@ func TestPutEventsLimits(t *testing.T) {
 		{"256 KB", []types.PutEventsRequestEntry{big(MaxEntrySize)}, "ValidationException", 0},
 		{"256 KB in two", []types.PutEventsRequestEntry{big(MaxEntrySize / 2), big(MaxEntrySize / 2)}, "ValidationException", 0},
 		{"one bad among good", mixed, "", 1},
+		{"none complete", mixed[1:2], "ValidationException", 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b, c := start(t)
