@@ -69,6 +69,11 @@ func run(ctx context.Context, logger *slog.Logger) error {
 	// A deployment is named after its Builder (build.DeploymentID); a local
 	// or command-line run acts as no deployment, as an operator's would.
 	opts.Deployment = build.DeploymentID(os.Getenv("AWS_LAMBDA_FUNCTION_NAME"), os.Getenv("AWS_REGION"))
+	// Only the deployed Builder announces: a local or command-line run
+	// must not start the automation of the account its credentials name.
+	if deps.Announcer, err = function.Announcer(ctx, s.Config); err != nil {
+		return err
+	}
 	lambda.StartWithOptions(build.New(deps, opts).HandlePayload, lambda.WithContext(ctx))
 	return nil
 }

@@ -120,6 +120,8 @@ var candidates = map[string][]string{
 		"https://factory.talos.dev?x=1", "https://"},
 	"GITHUB_API_URL": {"https://api.github.com/", "https://ghe.example.com/api/v3/", "http://api.github.com/",
 		"https://x@api.github.com/", "https://api.github.com/?a=b", ":"},
+	"EVENT_BUS_NAME": {"default", "", "builds", "arn:aws:events:eu-central-1:123456789012:event-bus/default",
+		"my bus", "default,builds", "arn:aws:sns:eu-central-1:123456789012:builds", strings.Repeat("b", 257)},
 }
 
 // loadWith reads the configuration of a function whose settings are the

@@ -36,6 +36,9 @@ var notGiven = map[string]map[string]string{
 		"BUILDER_FUNCTION_NAME": "it continues itself by AWS_LAMBDA_FUNCTION_NAME",
 		"GITHUB_TOKEN_SECRET":   "it never calls GitHub, so its role may not read that token",
 	},
+	"Poller": {
+		"EVENT_BUS_NAME": "only the Builder announces builds, so only its role may put events",
+	},
 }
 
 // requiredInTemplate are variables without a pkg/config default whose
@@ -430,12 +433,14 @@ func subReferences(s string, locals map[string]any, into map[string]bool) {
 // TestPolicies deploys the template with the secret forms pkg/secret
 // reads and compares, per function, every grant of its role with what it
 // needs: invoking the Builder (the Poller) or itself (the Builder), reading
-// its tokens, and sending failures to the destination (SAM adds that grant
-// for an SQS OnFailure; it also attaches AWSLambdaBasicExecutionRole, the
-// logs, which is not listed here).
+// its tokens, putting events on the default bus unless EventBusName is
+// empty (the Builder), and sending failures to the destination (SAM adds
+// that grant for an SQS OnFailure; it also attaches
+// AWSLambdaBasicExecutionRole, the logs, which is not listed here).
 func TestPolicies(t *testing.T) {
 	const (
 		invokeBuilder = "lambda:InvokeFunction arn:aws:lambda:eu-central-1:123456789012:function:hcloud-k8s-builder"
+		announce      = "events:PutEvents arn:aws:events:eu-central-1:123456789012:event-bus/default"
 		sendFailure   = "sqs:SendMessage BuildFailures.Arn"
 		decryptSSM    = `kms:Decrypt arn:aws:kms:eu-central-1:123456789012:key/* if {"StringEquals":{"kms:ViaService":"ssm.eu-central-1.amazonaws.com"}}`
 		decryptSM     = `kms:Decrypt arn:aws:kms:eu-central-1:123456789012:key/* if {"StringEquals":{"kms:ViaService":"secretsmanager.eu-central-1.amazonaws.com"}}`
@@ -450,7 +455,7 @@ func TestPolicies(t *testing.T) {
 		{
 			name:   "ssm parameter, no github token",
 			params: map[string]string{"HCloudTokenSecret": "ssm:/hcloud-k8s/hcloud-token"},
-			builder: []string{invokeBuilder, sendFailure, decryptSSM,
+			builder: []string{invokeBuilder, sendFailure, decryptSSM, announce,
 				"ssm:GetParameter arn:aws:ssm:eu-central-1:123456789012:parameter/hcloud-k8s/hcloud-token"},
 			poller: []string{invokeBuilder, decryptSSM,
 				"ssm:GetParameter arn:aws:ssm:eu-central-1:123456789012:parameter/hcloud-k8s/hcloud-token"},
@@ -458,7 +463,7 @@ func TestPolicies(t *testing.T) {
 		{
 			name:   "secret name, github token in ssm",
 			params: map[string]string{"HCloudTokenSecret": "hcloud-k8s/hcloud-token", "GitHubTokenSecret": "ssm:/hcloud-k8s/github-token"},
-			builder: []string{invokeBuilder, sendFailure, decryptSM,
+			builder: []string{invokeBuilder, sendFailure, decryptSM, announce,
 				"secretsmanager:GetSecretValue arn:aws:secretsmanager:eu-central-1:123456789012:secret:hcloud-k8s/hcloud-token-??????"},
 			poller: []string{invokeBuilder, decryptSM, decryptSSM,
 				"secretsmanager:GetSecretValue arn:aws:secretsmanager:eu-central-1:123456789012:secret:hcloud-k8s/hcloud-token-??????",
@@ -467,9 +472,16 @@ func TestPolicies(t *testing.T) {
 		{
 			name:    "secret ARN, github secret name",
 			params:  map[string]string{"HCloudTokenSecret": smARN, "GitHubTokenSecret": "github-token"},
-			builder: []string{invokeBuilder, sendFailure, decryptSM, "secretsmanager:GetSecretValue " + smARN},
+			builder: []string{invokeBuilder, sendFailure, decryptSM, announce, "secretsmanager:GetSecretValue " + smARN},
 			poller: []string{invokeBuilder, decryptSM, decryptSM, "secretsmanager:GetSecretValue " + smARN,
 				"secretsmanager:GetSecretValue arn:aws:secretsmanager:eu-central-1:123456789012:secret:github-token-??????"},
+		},
+		{
+			// No events: no grant to put them.
+			name:    "no events",
+			params:  map[string]string{"HCloudTokenSecret": smARN, "EventBusName": ""},
+			builder: []string{invokeBuilder, sendFailure, decryptSM, "secretsmanager:GetSecretValue " + smARN},
+			poller:  []string{invokeBuilder, decryptSM, "secretsmanager:GetSecretValue " + smARN},
 		},
 	}
 	for _, tt := range tests {

@@ -1,7 +1,7 @@
 // Package stack starts the whole local world on loopback: the Hetzner Cloud
 // API with rescue hosts behind its servers, the Talos Image Factory, the
-// GitHub releases API and a secrets store — what the functions run against
-// in tests and in `make local`.
+// GitHub releases API, a secrets store and an EventBridge bus — what the
+// functions run against in tests and in `make local`.
 package stack
 
 import (
@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hcloud-k8s/hcloud-k8s/infra/fakeevents"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakefactory"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakegithub"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakehcloud"
@@ -60,6 +61,9 @@ type Stack struct {
 	GitHub   *fakegithub.Server
 	// Secrets stands in for Secrets Manager and SSM Parameter Store.
 	Secrets *fakesecrets.Store
+	// Events stands in for EventBridge's default bus, at EventsURL.
+	Events    *fakeevents.Bus
+	EventsURL string
 
 	HCloudURL, FactoryURL, GitHubURL, SecretsURL string
 	Token                                        string
@@ -136,6 +140,10 @@ func Start(o Options) (_ *Stack, err error) {
 	if s.SecretsURL, err = s.Secrets.Start(); err != nil {
 		return nil, fmt.Errorf("start secrets store: %w", err)
 	}
+	s.Events = fakeevents.New()
+	if s.EventsURL, err = s.Events.Start(); err != nil {
+		return nil, fmt.Errorf("start event bus: %w", err)
+	}
 	return s, nil
 }
 
@@ -149,12 +157,17 @@ func (s *Stack) Env() map[string]string {
 		// Where a *_TOKEN_SECRET is looked up.
 		"AWS_ENDPOINT_URL_SECRETS_MANAGER": s.SecretsURL,
 		"AWS_ENDPOINT_URL_SSM":             s.SecretsURL,
+		// Where the Builder announces its builds' ends.
+		"AWS_ENDPOINT_URL_EVENTBRIDGE": s.EventsURL,
 	}
 }
 
 // Close stops everything Start started and removes its temporary files.
 func (s *Stack) Close() error {
 	var errs []error
+	if s.Events != nil {
+		errs = append(errs, s.Events.Close())
+	}
 	if s.Secrets != nil {
 		errs = append(errs, s.Secrets.Close())
 	}

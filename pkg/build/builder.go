@@ -156,6 +156,8 @@ type Builder struct {
 	// every schematic once it has.
 	resolver SchematicResolver
 	resolved atomic.Pointer[[]string]
+
+	announcer Announcer // nil: nothing is announced
 }
 
 // Deps are the builder's collaborators.
@@ -165,6 +167,9 @@ type Deps struct {
 	Dial      DialFunc
 	Probe     ProbeFunc // default talos.ProbeAPI
 	Continuer Continuer // nil outside Lambda
+	// Announcer tells subscribers of published snapshots and failed
+	// builds; nil: nothing is sent.
+	Announcer Announcer
 	Logger    *slog.Logger
 	// Owner names the invocation in leases (Lambda's request id); default a
 	// random id per call.
@@ -182,7 +187,7 @@ func New(d Deps, o Options) *Builder {
 	b := &Builder{
 		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, probe: d.Probe, cont: d.Continuer, opts: o,
 		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: 250 * time.Millisecond,
-		resolver: d.Schematics,
+		resolver: d.Schematics, announcer: d.Announcer,
 	}
 	if b.log == nil {
 		b.log = slog.Default()

@@ -48,7 +48,9 @@
 // hands over. A step that fails deterministically deletes the server and
 // records the failure (failure.go); a transient failure keeps the server
 // and ends the invocation with an error, so that Lambda retries from the
-// checkpoint. How a build ends is set in one place (outcome.go).
+// checkpoint. How a build ends is set in one place (outcome.go). A build
+// that publishes its snapshot, or fails for good, is announced to
+// subscribers (announce.go); no other end is.
 //
 // # Lease
 //

@@ -216,6 +216,20 @@ func (w *localCloud) snapshots() []int64 {
 	return ids
 }
 
+// image returns snapshot id as the API shows it.
+func (w *localCloud) image(id int64) *hcloud.Image {
+	w.t.Helper()
+	imgs, err := w.api.Snapshots(context.Background(), "")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	i := slices.IndexFunc(imgs, func(img *hcloud.Image) bool { return img.ID == id })
+	if i < 0 {
+		w.t.Fatalf("no snapshot %d", id)
+	}
+	return imgs[i]
+}
+
 // selects tells whether the API lists snapshot id under selector.
 func (w *localCloud) selects(selector string, id int64) bool {
 	w.t.Helper()

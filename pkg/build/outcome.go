@@ -36,7 +36,11 @@ func (r *run) setServer(srv *hcloud.Server) {
 	}
 }
 
-func (r *run) setSnapshot(id int64) { r.res.SnapshotID = id }
+// setSnapshot records the build's snapshot, its labels as last seen.
+func (r *run) setSnapshot(img *hcloud.Image) {
+	r.snap = img
+	r.res.SnapshotID = img.ID
+}
 
 // maxIdleHops is how many invocations in a row may hand over without
 // progress before the build fails: each costs a Lambda invocation and a
@@ -95,7 +99,9 @@ func (r *run) failed(ctx context.Context, step Step, err error) Result {
 	}
 	r.log.ErrorContext(ctx, "build failed", "step", step, "error", err, "code", code)
 	r.remember(ctx, step, code)
-	return r.outcome(Failed, step, code, err)
+	r.outcome(Failed, step, code, err)
+	r.announceFailed(ctx)
+	return r.res
 }
 
 // abort fails the build and deletes its server: a failed build leaves

@@ -72,14 +72,14 @@ func (r *run) completeIfBuilt(ctx context.Context, log *slog.Logger) (bool, erro
 			return false, nil
 		}
 		log.InfoContext(ctx, "the forced build of this request is done", "snapshot_id", snaps[i].ID)
-		r.setSnapshot(snaps[i].ID)
+		r.setSnapshot(snaps[i])
 		r.outcome(Done, "", "", nil)
 		return true, nil
 	}
 	if err := r.deleteOthers(ctx, snaps, newest, log); err != nil {
 		return false, err
 	}
-	r.setSnapshot(newest.ID)
+	r.setSnapshot(newest)
 	r.outcome(Done, "", "", nil)
 	if r.lease != nil {
 		return true, nil // the lease key is ours

@@ -47,7 +47,7 @@ func (r *run) snapshot(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	log.InfoContext(ctx, "snapshot started", "snapshot_id", img.ID)
-	r.setSnapshot(img.ID)
+	r.setSnapshot(img)
 	return StepWait, nil
 }
 

@@ -110,7 +110,7 @@ func (r *run) judgeSnapshots(ctx context.Context, snaps []*hcloud.Image, log *sl
 	case good == nil:
 		return nil, errNoSnapshot
 	}
-	r.setSnapshot(good.ID)
+	r.setSnapshot(good)
 	return nil, nil
 }
 

@@ -103,6 +103,8 @@ type run struct {
 	srv      *hcloud.Server
 	lease    *lease
 	image    *talos.Image
+	// snap is the build's snapshot as last seen (setSnapshot).
+	snap *hcloud.Image
 	// started is when the invocation began; progressed tells whether this
 	// invocation finished a step (or watched a snapshot being created).
 	started    time.Time
@@ -249,6 +251,7 @@ func (r *run) runSteps(ctx context.Context, next Step) Result {
 	r.outcome(Done, "", "", nil)
 	r.log.InfoContext(ctx, "snapshot ready", "snapshot_id", r.res.SnapshotID)
 	r.forget(ctx)
+	r.announcePublished(ctx)
 	return r.res
 }
 

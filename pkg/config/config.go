@@ -101,6 +101,11 @@ type Config struct {
 	// request with force.
 	FailureBackoff time.Duration `env:"FAILURE_BACKOFF, default=1h"`
 	FailureLimit   int           `env:"FAILURE_LIMIT, default=4"`
+
+	// EventBusName is the EventBridge bus the Builder announces published
+	// snapshots and failed builds on, by name or ARN; "default" is the
+	// account's default bus, empty announces nothing.
+	EventBusName string `env:"EVENT_BUS_NAME, default=default"`
 }
 
 // Bounds of the failure settings: the backoff starts at a poll interval
@@ -351,6 +356,9 @@ func (c Config) Validate() error {
 	if c.BuilderFunctionName != "" && !functionRE.MatchString(c.BuilderFunctionName) {
 		add("BUILDER_FUNCTION_NAME: %q is not a Lambda function name or ARN", c.BuilderFunctionName)
 	}
+	if c.EventBusName != "" && !eventBusRE.MatchString(c.EventBusName) {
+		add("EVENT_BUS_NAME: %q is not an EventBridge bus name or ARN, like default; empty for no events", c.EventBusName)
+	}
 
 	if len(p) > 0 {
 		return &ValidationError{Problems: p}
@@ -363,6 +371,9 @@ var (
 	// A function name, or a (partial) ARN, optionally with a qualifier.
 	functionRE = regexp.MustCompile(`^(arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:\d{12}:function:)?[a-zA-Z0-9-_]{1,64}(:[a-zA-Z0-9-_$]+)?$`)
 	typeRE     = regexp.MustCompile(`^(cx|cpx|ccx|cax)[0-9]{2,3}$`)
+	// An event bus name or ARN (EventBridge API Reference, CreateEventBus
+	// Name and PutEventsRequestEntry EventBusName).
+	eventBusRE = regexp.MustCompile(`^(arn:aws[a-zA-Z-]*:events:[a-z0-9-]+:\d{12}:event-bus/)?[/.\-_A-Za-z0-9]{1,256}$`)
 	// System image names: debian-13, ubuntu-24.04, centos-stream-10.
 	imageRE = regexp.MustCompile(`^[a-z][a-z0-9]*([.-][a-z0-9]+)*$`)
 )

@@ -49,6 +49,7 @@ func TestDefaults(t *testing.T) {
 		LeaseTTL:         90 * time.Second,
 		FailureBackoff:   time.Hour,
 		FailureLimit:     4,
+		EventBusName:     "default",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -97,6 +98,7 @@ func TestEveryField(t *testing.T) {
 		"LEASE_TTL":               "3s",
 		"FAILURE_BACKOFF":         "15m",
 		"FAILURE_LIMIT":           "2",
+		"EVENT_BUS_NAME":          "builds",
 	}
 	c, err := load(t, env)
 	if err != nil {
@@ -133,6 +135,7 @@ func TestEveryField(t *testing.T) {
 		LeaseTTL:            3 * time.Second,
 		FailureBackoff:      15 * time.Minute,
 		FailureLimit:        2,
+		EventBusName:        "builds",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -239,6 +242,10 @@ func TestRejections(t *testing.T) {
 		{"failure limit high", map[string]string{"FAILURE_LIMIT": "101"}, "FAILURE_LIMIT: 101; between 1 and 100 failures before a target is parked"},
 		{"function", map[string]string{"BUILDER_FUNCTION_NAME": "my builder"},
 			`BUILDER_FUNCTION_NAME: "my builder" is not a Lambda function name or ARN`},
+		{"event bus", map[string]string{"EVENT_BUS_NAME": "my bus"},
+			`EVENT_BUS_NAME: "my bus" is not an EventBridge bus name or ARN, like default; empty for no events`},
+		{"event bus of another service", map[string]string{"EVENT_BUS_NAME": "arn:aws:sns:eu-central-1:123456789012:builds"},
+			`EVENT_BUS_NAME: "arn:aws:sns:eu-central-1:123456789012:builds" is not an EventBridge bus name or ARN, like default; empty for no events`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,6 +352,8 @@ func TestAcceptedValues(t *testing.T) {
 		{"http on localhost", map[string]string{"HCLOUD_ENDPOINT": "http://localhost:8080/v1", "TALOS_FACTORY_URL": "http://LOCALHOST"}},
 		// Without a token GitHub gets nothing worth protecting.
 		{"github http without a token", map[string]string{"GITHUB_API_URL": "http://ghe.example.com/api/v3/"}},
+		{"no events", map[string]string{"EVENT_BUS_NAME": ""}},
+		{"event bus by ARN", map[string]string{"EVENT_BUS_NAME": "arn:aws:events:eu-central-1:123456789012:event-bus/builds"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,6 +365,15 @@ func TestAcceptedValues(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestEmptyEventBus: an empty EVENT_BUS_NAME, as the template sets it for
+// no events, stays empty; only an unset one is the default bus.
+func TestEmptyEventBus(t *testing.T) {
+	c, err := load(t, map[string]string{"HCLOUD_TOKEN": "tok", "EVENT_BUS_NAME": ""})
+	if err != nil || c.EventBusName != "" {
+		t.Errorf("EVENT_BUS_NAME=\"\": %q, %v; want \"\"", c.EventBusName, err)
 	}
 }
 

@@ -3,7 +3,8 @@
 // siderolabs/talos), deploys the Poller's and the Builder's real bootstraps
 // under the Lambda emulator and polls until there is nothing left to do:
 // each poll's plan, each build step as the Builder logs it, and at the end
-// the snapshots with a check that each one holds its factory image.
+// the snapshots with a check that each one holds its factory image and was
+// announced, and the events the Builder put on the EventBridge bus.
 // `make local` runs it; it needs root (rescue hosts use mount namespaces).
 package main
 
@@ -27,6 +28,7 @@ import (
 
 	"github.com/hcloud-k8s/hcloud-k8s/infra/fakelambda"
 	"github.com/hcloud-k8s/hcloud-k8s/infra/stack"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/announce"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/poll"
 )
 
@@ -125,8 +127,15 @@ func run(boot, snapshot time.Duration) error {
 		}
 	}
 
+	announced := map[int64]bool{}
+	for _, ev := range st.Events.Events() {
+		var d announce.Available
+		if ev.DetailType == announce.SnapshotAvailable && json.Unmarshal(ev.Detail, &d) == nil {
+			announced[d.ImageID] = true
+		}
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSNAPSHOT\tSTATUS\tARCH\tTALOS\tSCHEMATIC\tCREATED\tDISK = IMAGE")
+	fmt.Fprintln(tw, "\nSNAPSHOT\tSTATUS\tARCH\tTALOS\tSCHEMATIC\tCREATED\tDISK = IMAGE\tANNOUNCED")
 	failed := false
 	for _, img := range st.Cloud.Images() {
 		if img.Type != "snapshot" {
@@ -135,19 +144,24 @@ func run(boot, snapshot time.Duration) error {
 		l := img.Labels
 		_, want, err := st.Factory.Image(l["talos_schematic_id"]+l["hcloud-k8s.io/schematic-rest"], l["talos_version"], l["arch"])
 		same := err == nil && want == img.Digest
-		failed = failed || !same
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s…\t%s\t%v\n", img.ID, img.Status, l["arch"], l["talos_version"],
-			l["talos_schematic_id"][:8], img.Created.Format(time.TimeOnly), same)
+		failed = failed || !same || !announced[img.ID]
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s…\t%s\t%v\t%v\n", img.ID, img.Status, l["arch"], l["talos_version"],
+			l["talos_schematic_id"][:8], img.Created.Format(time.TimeOnly), same, announced[img.ID])
 	}
 	tw.Flush()
+	fmt.Println("\nEVENTS on the default EventBridge bus")
+	for _, ev := range st.Events.Events() {
+		fmt.Printf("%s  %s  %s  %s\n", ev.Time.Format(time.TimeOnly), ev.Source, ev.DetailType, ev.Detail)
+	}
 	var billed int64
 	for _, inv := range emu.Invocations("") {
 		billed += inv.BilledMS
 	}
-	fmt.Printf("\nservers left: %d, ssh keys left: %d, Hetzner API requests: %d, Lambda invocations: %d (%d ms billed)\n",
-		len(st.Cloud.Servers()), len(st.Cloud.SSHKeys()), len(st.Cloud.Requests()), len(emu.Invocations("")), billed)
+	fmt.Printf("\nservers left: %d, ssh keys left: %d, Hetzner API requests: %d, Lambda invocations: %d (%d ms billed), events: %d\n",
+		len(st.Cloud.Servers()), len(st.Cloud.SSHKeys()), len(st.Cloud.Requests()), len(emu.Invocations("")), billed,
+		len(st.Events.Events()))
 	if failed {
-		return fmt.Errorf("a snapshot does not hold its image")
+		return fmt.Errorf("a snapshot does not hold its image, or was not announced")
 	}
 	return nil
 }
