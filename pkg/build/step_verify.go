@@ -149,6 +149,7 @@ func (r *run) publish(ctx context.Context, img *hcloud.Image) error {
 	if err := r.b.cloud.SetImageLabels(ctx, img, r.snapshotLabels(true)); err != nil {
 		return err
 	}
+	r.setSnapshot(img)
 	r.log.InfoContext(ctx, "snapshot published", "snapshot_id", img.ID)
 	return nil
 }
