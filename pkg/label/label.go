@@ -94,6 +94,12 @@ func RoleSelector(role string) string {
 	return Selector(map[string]string{Managed: ManagedValue, Role: role})
 }
 
+// ServerSelector selects every server the builder made: build servers and
+// the boot servers that check their snapshots.
+func ServerSelector() string {
+	return Selector(map[string]string{Managed: ManagedValue}) + "," + Role + " in (" + RoleBuildServer + "," + RoleBootCheck + ")"
+}
+
 // SnapshotsOf selects the managed snapshots of a cluster's deployment (of
 // no cluster, when cluster is empty).
 func SnapshotsOf(cluster string) string {

@@ -56,6 +56,7 @@ func TestSelectors(t *testing.T) {
 		{"match and absent", Selector(map[string]string{Arch: "arm64", OS: "talos"}, Cluster), "arch=arm64,os=talos,!cluster"},
 		{"absent only", Selector(nil, Cluster, Role), "!cluster,!" + Role},
 		{"role", RoleSelector(RoleLease), Managed + "=" + ManagedValue + "," + Role + "=lease"},
+		{"servers", ServerSelector(), Managed + "=" + ManagedValue + "," + Role + " in (build-server,boot-check)"},
 		{"snapshots of no cluster", SnapshotsOf(""), Managed + "=" + ManagedValue + ",!cluster"},
 		{"snapshots of a cluster", SnapshotsOf("prod"), "cluster=prod," + Managed + "=" + ManagedValue},
 		{"snapshots of a server", SnapshotsOfServer(42), Build + "=42," + Managed + "=" + ManagedValue},

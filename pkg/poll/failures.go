@@ -101,7 +101,7 @@ func (p *Plan) holdFailures(s State, r Rules, collected map[int64]bool) State {
 	// recognised by a snapshot made after the failure.
 	built := map[build.Target]time.Time{}
 	for _, img := range s.Snapshots {
-		if t, ok := ours(img.Labels, r.Cluster); ok && img.Status == hcloud.ImageStatusAvailable && img.Created.After(built[t]) {
+		if t, ok := ours(img.Labels, r.Cluster); ok && build.Published(img) && img.Created.After(built[t]) {
 			built[t] = img.Created
 		}
 	}
@@ -220,7 +220,9 @@ func (p *Plan) holdFailures(s State, r Rules, collected map[int64]bool) State {
 }
 
 // failedSnapshot tells whether img is a managed snapshot of ours that
-// failed: still creating past SNAPSHOT_TIMEOUT, or in a status other than
+// failed: still creating, or waiting for its boot check, past
+// SNAPSHOT_TIMEOUT (the caller spares those a live build watches), or in
+// a status other than
 // creating and available (Hetzner's failed images are "unavailable"), or
 // left marked failed by an earlier discard that could not delete it.
 func failedSnapshot(img *hcloud.Image, now time.Time, r Rules) (FailedSnapshot, bool) {
@@ -239,6 +241,13 @@ func failedSnapshot(img *hcloud.Image, now time.Time, r Rules) (FailedSnapshot, 
 	fs.Target = &t
 	age := now.Sub(img.Created)
 	switch {
+	case img.Status == hcloud.ImageStatusAvailable && build.Pending(img):
+		if r.SnapshotTimeout <= 0 || age <= r.SnapshotTimeout {
+			return fs, false
+		}
+		fs.why = "unverified"
+		fs.Reason = fmt.Sprintf("snapshot waits for its boot check for %s, past SNAPSHOT_TIMEOUT %s, and no build checks it",
+			roundAge(age), r.SnapshotTimeout)
 	case img.Status == hcloud.ImageStatusAvailable:
 		return fs, false
 	case img.Status != hcloud.ImageStatusCreating:

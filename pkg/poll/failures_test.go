@@ -198,6 +198,16 @@ func TestPlanFailsStuckSnapshots(t *testing.T) {
 		t.Errorf("a watched snapshot was failed: %+v", p.FailSnapshots)
 	}
 
+	// Waiting for a boot check nobody runs, past SNAPSHOT_TIMEOUT; a young
+	// one is its build's.
+	proj = newProject(t, "v1.12.8", "v1.13.9")
+	orphan := proj.snap("v1.12.8/amd64", 45*time.Minute, "pending")
+	proj.snap("v1.12.8/arm64", 10*time.Minute, "pending")
+	p = NewPlan(proj.state, withFailures(base))
+	if got := ids(resources(p.FailSnapshots)); !slices.Equal(got, []int64{orphan}) || p.FailSnapshots[0].why != "unverified" {
+		t.Errorf("failed snapshots %+v, want the orphaned pending %d", p.FailSnapshots, orphan)
+	}
+
 	// Unavailable, and a left-over marked one.
 	proj = newProject(t, "v1.12.8", "v1.13.9")
 	proj.snap("v1.12.8/amd64", time.Minute)

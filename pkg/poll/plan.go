@@ -31,8 +31,8 @@ type State struct {
 	Tracked []talos.Version
 	// Snapshots are the managed snapshots; anything else in here is ignored.
 	Snapshots []*hcloud.Image
-	// Servers are the build servers and Keys the lease keys of the image
-	// builder (label.RoleSelector, label.RoleSelector).
+	// Servers are the build servers and boot servers (label.ServerSelector)
+	// and Keys the lease keys (label.RoleSelector) of the image builder.
 	Servers []*hcloud.Server
 	Keys    []*hcloud.SSHKey
 	// Records are the failure records (label.RoleSelector).
@@ -133,7 +133,7 @@ func NewPlan(s State, r Rules) Plan {
 		}
 		// A live lease means an invocation works on the server: it is
 		// never deleted under it.
-		if age := s.Now.Sub(srv.Created); age > r.ServerTTL && !leased(keys[srv.Name], s.Now) {
+		if age := s.Now.Sub(srv.Created); age > r.ServerTTL && !leased(keys[leaseName(srv, r.Cluster)], s.Now) {
 			collected[srv.ID] = true
 			p.CollectServers = append(p.CollectServers, Resource{ID: srv.ID, Name: srv.Name, Target: targetOf(srv.Labels),
 				Created: srv.Created, Reason: fmt.Sprintf("build server is %s old, past BUILD_SERVER_TTL %s, and its lease is not held",
@@ -190,7 +190,7 @@ func NewPlan(s State, r Rules) Plan {
 type group struct{ arch, schematic string }
 
 // building returns the groups with a build in flight: a build server that
-// is not being collected, or a snapshot still being created.
+// is not being collected, or a snapshot still being created or checked.
 func building(s State, r Rules, collected map[int64]bool) map[group]bool {
 	busy := map[group]bool{}
 	for _, srv := range s.Servers {
@@ -199,7 +199,7 @@ func building(s State, r Rules, collected map[int64]bool) map[group]bool {
 		}
 	}
 	for _, img := range s.Snapshots {
-		if t, ok := ours(img.Labels, r.Cluster); ok && img.Status == hcloud.ImageStatusCreating {
+		if t, ok := ours(img.Labels, r.Cluster); ok && (img.Status == hcloud.ImageStatusCreating || build.Pending(img)) {
 			busy[group{t.Arch, t.Schematic}] = true
 		}
 	}
@@ -227,7 +227,7 @@ func rebuilds(s State, r Rules, last map[group]talos.Version) []Item {
 			var g []snap
 			for _, img := range s.Snapshots {
 				t, ok := ours(img.Labels, r.Cluster)
-				if !ok || img.Status != hcloud.ImageStatusAvailable || t.Arch != arch || t.Schematic != sch {
+				if !ok || !build.Published(img) || t.Arch != arch || t.Schematic != sch {
 					continue
 				}
 				v, _ := talos.ParseVersion(t.Version) // valid: ours checked it
@@ -328,8 +328,8 @@ func redrives(s State, r Rules, keys map[string]*hcloud.SSHKey, collected map[in
 	out := []Item{}
 	for _, srv := range s.Servers {
 		t, ok := ours(srv.Labels, r.Cluster)
-		if !ok || collected[srv.ID] || !r.builds(t) {
-			continue
+		if !ok || collected[srv.ID] || !r.builds(t) || srv.Labels[label.Role] == label.RoleBootCheck {
+			continue // a boot server goes on with its build server
 		}
 		var why string
 		switch k := keys[srv.Name]; {
@@ -375,7 +375,7 @@ func prune(s State, r Rules) []Resource {
 	groups := map[[2]string][]snap{}
 	for _, img := range s.Snapshots {
 		t, ok := ours(img.Labels, r.Cluster)
-		if !ok || img.Status != hcloud.ImageStatusAvailable || !r.builds(t) {
+		if !ok || !build.Published(img) || !r.builds(t) {
 			continue
 		}
 		v, _ := talos.ParseVersion(t.Version) // valid: ours checked it
@@ -442,6 +442,15 @@ func ours(labels map[string]string, cluster string) (build.Target, bool) {
 		return build.Target{}, false
 	}
 	return build.TargetFromLabels(labels)
+}
+
+// leaseName is the name of the lease that covers a server: the build
+// server's own, which its boot server shares.
+func leaseName(srv *hcloud.Server, cluster string) string {
+	if t, ok := build.TargetFromLabels(srv.Labels); ok && srv.Labels[label.Role] == label.RoleBootCheck {
+		return t.Name(cluster)
+	}
+	return srv.Name
 }
 
 // mine tells whether a resource carries our management label and the

@@ -83,15 +83,18 @@ func (proj *project) track(versions ...string) {
 func (proj *project) id() int64 { proj.next++; return proj.next }
 
 // snap adds a managed snapshot created age ago; opts: "creating",
-// "unmanaged", "cluster=x".
+// "pending" (available, waiting for its boot check), "unmanaged",
+// "cluster=x".
 func (proj *project) snap(spec string, age time.Duration, opts ...string) int64 {
 	cluster := ""
 	status := hcloud.ImageStatusAvailable
-	managed := true
+	managed, pending := true, false
 	for _, o := range opts {
 		switch {
 		case o == "creating":
 			status = hcloud.ImageStatusCreating
+		case o == "pending":
+			pending = true
 		case o == "unmanaged":
 			managed = false
 		case strings.HasPrefix(o, "cluster="):
@@ -100,6 +103,10 @@ func (proj *project) snap(spec string, age time.Duration, opts ...string) int64 
 	}
 	l := targetLabels(proj.t, tgt(spec), cluster)
 	l[label.OS] = "talos"
+	if pending {
+		delete(l, label.OS)
+		l[label.Pending] = "verify"
+	}
 	if !managed {
 		delete(l, label.Managed)
 	}
@@ -232,6 +239,21 @@ func TestNewPlan(t *testing.T) {
 			proj.snap("v1.13.9/amd64", time.Hour, "creating")
 			proj.snap("v1.13.9/arm64", 9*time.Hour)
 			return want{}
+		}},
+		{"a snapshot waiting for its boot check is a build in flight, not a snapshot to rebuild from or prune", nil, func(proj *project) want {
+			// Counted as published, the pending v1.12.8/arm64 would be the
+			// most recent of its group and have v1.13.9 rebuilt, and the
+			// pending v1.11.0 would take a place of the two other versions
+			// kept, having v1.9.0 pruned too.
+			proj.snap("v1.12.8/amd64", 10*time.Hour)
+			proj.snap("v1.12.8/arm64", time.Minute, "pending")
+			proj.snap("v1.13.9/amd64", 9*time.Hour)
+			proj.snap("v1.13.9/arm64", 9*time.Hour)
+			proj.snap("v1.11.0/amd64", 20*time.Hour, "pending")
+			proj.snap("v1.10.0/amd64", 30*time.Hour)
+			proj.snap("v1.9.0/amd64", 40*time.Hour)
+			oldest := proj.snap("v1.8.0/amd64", 50*time.Hour)
+			return want{prune: []int64{oldest}}
 		}},
 		{"unmanaged and other clusters' snapshots do not count and stay", nil, func(proj *project) want {
 			proj.snap("v1.12.8/amd64", time.Hour, "unmanaged")

@@ -160,7 +160,7 @@ func (p *Poller) Run(ctx context.Context, dryRun bool) (Report, error) {
 	if st.Snapshots, err = p.d.Cloud.Snapshots(ctx, label.SnapshotsOf(p.opts.Cluster)); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
-	if st.Servers, err = p.d.Cloud.Servers(ctx, label.RoleSelector(label.RoleBuildServer)); err != nil {
+	if st.Servers, err = p.d.Cloud.Servers(ctx, label.ServerSelector()); err != nil {
 		return rep, fmt.Errorf("poll: nothing done: %w", err)
 	}
 	if st.Keys, err = p.d.Cloud.SSHKeys(ctx, label.RoleSelector(label.RoleLease)); err != nil {

@@ -144,7 +144,7 @@ func (p *Poller) Teardown(ctx context.Context, dryRun bool) (TeardownReport, err
 
 // tornDown lists the build servers and lease keys a teardown deletes.
 func (p *Poller) tornDown(ctx context.Context) ([]*hcloud.Server, []*hcloud.SSHKey, error) {
-	servers, err := p.d.Cloud.Servers(ctx, label.RoleSelector(label.RoleBuildServer))
+	servers, err := p.d.Cloud.Servers(ctx, label.ServerSelector())
 	if err != nil {
 		return nil, nil, err
 	}

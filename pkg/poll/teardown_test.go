@@ -19,9 +19,9 @@ import (
 )
 
 // memCloud is a Hetzner project in memory that answers label selectors of
-// the forms the Poller uses (k=v and !k, comma-separated) and deletes. A
-// teardown needs nothing else: the embedded Cloud is nil, and any other
-// call panics.
+// the forms the Poller uses (k=v, !k and k in (a,b), comma-separated) and
+// deletes. A teardown needs nothing else: the embedded Cloud is nil, and
+// any other call panics.
 type memCloud struct {
 	Cloud
 	servers []*hcloud.Server
@@ -32,7 +32,18 @@ type memCloud struct {
 }
 
 func selects(selector string, labels map[string]string) bool {
-	for _, term := range strings.Split(selector, ",") {
+	for selector != "" {
+		var term string
+		if i := strings.Index(selector, " in ("); i >= 0 && i < strings.IndexByte(selector+",", ',') {
+			end := strings.IndexByte(selector, ')')
+			term, selector = selector[:end+1], strings.TrimPrefix(selector[end+1:], ",")
+			k, set, _ := strings.Cut(strings.TrimSuffix(term, ")"), " in (")
+			if !slices.Contains(strings.Split(set, ","), labels[k]) {
+				return false
+			}
+			continue
+		}
+		term, selector, _ = strings.Cut(selector, ",")
 		if k, ok := strings.CutPrefix(term, "!"); ok {
 			if _, has := labels[k]; has {
 				return false
