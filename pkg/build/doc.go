@@ -34,21 +34,37 @@
 //  4. snapshot (step_snapshot.go, STEP_TIMEOUT; a snapshot labelled
 //     build=<server id> exists → adopt it). Checkpoint wait first, then
 //     create_image: while a snapshot is taken the server is locked, and
-//     nothing is written to it afterwards.
+//     nothing is written to it afterwards. With VERIFY_BOOT the snapshot
+//     carries only the target's labels and hcloud-k8s.io/pending=verify:
+//     every consumer selects on os=talos, so none can pick it yet.
 //  5. wait (step_wait.go, STEP_TIMEOUT; none or gone → snapshot again, three
 //     times at most). Poll until the snapshot is available, handing over to
 //     a new invocation after SNAPSHOT_WAIT. A snapshot that failed, or stays
 //     creating past SNAPSHOT_TIMEOUT, loses its consumer labels, is deleted
 //     and fails the build.
-//  6. cleanup (step_cleanup.go, STEP_TIMEOUT; deletes are idempotent).
-//     Delete duplicate snapshots of a repeated create_image, the server, and
-//     for a forced build the snapshots it replaces (never the newest).
+//  6. verify (step_verify.go, VERIFY_TIMEOUT; a boot server of the name →
+//     adopt it; a published snapshot is not checked again). Create a server
+//     from the snapshot like the build server (smallest disk, location
+//     fallback, the lease key, no user data, so Talos waits in maintenance
+//     mode), power it on and poll the Talos API on port 50000: booted is
+//     Version answering (compared with the target) or, before Talos
+//     v1.13, Unimplemented over TLS. Then the snapshot gets the consumer
+//     labels in place of its pending mark; its created time, which
+//     consumers sort on, stays. A snapshot that does not boot within
+//     VERIFY_TIMEOUT is discarded and fails the build (code boot-check).
+//     Without VERIFY_BOOT snapshots are published when created.
+//  7. cleanup (step_cleanup.go, STEP_TIMEOUT; deletes are idempotent).
+//     Delete duplicate snapshots of a repeated create_image, the boot
+//     server, the build server, and for a forced build the snapshots it
+//     replaces (never the newest).
 //
 // A step answered `locked` runs again after a pause, three times, then
 // hands over. A step that fails deterministically deletes the server and
 // records the failure (failure.go); a transient failure keeps the server
 // and ends the invocation with an error, so that Lambda retries from the
-// checkpoint. How a build ends is set in one place (outcome.go). A build
+// checkpoint. How a build ends is set in one place (outcome.go); a
+// publication and a failure for good are announced on EventBridge
+// (announce.go). A build
 // that publishes its snapshot, or fails for good, is announced to
 // subscribers (announce.go); no other end is.
 //
