@@ -66,7 +66,7 @@ func run(boot, snapshot time.Duration) error {
 	fns := map[string]fakelambda.Function{
 		// Budgets for the emulated delays; Hetzner's real ones are the defaults.
 		"builder": {Timeout: 5 * time.Minute, PoolSize: 4,
-			Env: map[string]string{"INSTALL_TIMEOUT": "1m", "STEP_TIMEOUT": "20s", "SNAPSHOT_WAIT": "30s"}},
+			Env: map[string]string{"INSTALL_TIMEOUT": "1m", "STEP_TIMEOUT": "20s", "SNAPSHOT_WAIT": "30s", "VERIFY_TIMEOUT": "1m"}},
 		"poller": {Timeout: time.Minute, PoolSize: 1, Env: map[string]string{"BUILDER_FUNCTION_NAME": "builder"}},
 	}
 	for name, fn := range fns {
