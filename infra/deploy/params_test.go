@@ -112,6 +112,7 @@ var candidates = map[string][]string{
 		"v01.2.3", "v1.2.3-", "v1.2.3-01", "V1.2.3", "v1.2.3-" + strings.Repeat("a", 60)},
 	"TRACK_ALL_PATCHES": {"true", "false", "", "yes", "1", "TRUE", "t"},
 	"TRACK_PRERELEASES": {"true", "false", "", "yes", "1", "TRUE", "t"},
+	"VERIFY_BOOT":       {"true", "false", "", "yes", "1", "TRUE", "t"},
 	"HCLOUD_ENDPOINT": {"https://api.hetzner.cloud/v1", "https://api.hetzner.cloud/v1/", "https://10.0.0.1:8443/v1",
 		"https://[::1]/v1", "http://api.hetzner.cloud/v1", "http://127.0.0.1:8080/v1", "https://user:pw@host/v1",
 		"https://host/v1?token=x", "https://", "ftp://host", "https://host/v1#x", "https://host name/",
