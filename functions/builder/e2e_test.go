@@ -231,25 +231,35 @@ func TestBadPayloadsCreateNothing(t *testing.T) {
 	w.checkNothingLeft()
 }
 
-// TestKillAtEveryStep kills the function when a step starts and in the
-// middle of the write, then invokes again: one snapshot, nothing left.
+// TestKillAtEveryStep kills the function when a step starts, in the
+// middle of the write and while the boot server boots, then invokes again:
+// one snapshot, booted by one boot server, nothing left.
 func TestKillAtEveryStep(t *testing.T) {
 	started := func(step string) []string { return []string{`"message":"step started"`, `"step":"` + step + `"`} }
 	points := []struct {
 		name  string
 		match []string // all in one log line
+		// adopt: the kill leaves the boot server booting, for the next
+		// invocation to adopt.
+		adopt bool
 	}{
-		{"server", started("server")},
-		{"install", started("install")},
-		{"mid-write", []string{`"message":"writing image"`}},
-		{"snapshot", started("snapshot")},
-		{"wait", started("wait")},
-		{"cleanup", started("cleanup")},
-		{"after cleanup", []string{`"message":"server deleted"`}},
+		{name: "server", match: started("server")},
+		{name: "install", match: started("install")},
+		{name: "mid-write", match: []string{`"message":"writing image"`}},
+		{name: "snapshot", match: started("snapshot")},
+		{name: "wait", match: started("wait")},
+		{name: "verify", match: started("verify")},
+		{name: "mid-boot", match: []string{`"message":"waiting for the Talos API of the snapshot's boot"`}, adopt: true},
+		{name: "cleanup", match: started("cleanup")},
+		{name: "after cleanup", match: []string{`"message":"server deleted"`}},
 	}
 	for _, p := range points {
 		t.Run(p.name, func(t *testing.T) {
 			w := newWorld(t, setup{stack: stack.Options{ActionDurations: map[string]time.Duration{"create_image": 500 * time.Millisecond}}})
+			if p.adopt {
+				// The kill lands long before the Talos API is up.
+				w.Stack.Machines.SetTalosBootDelay(2 * time.Second)
+			}
 			killed := w.Lambda.KillOn("builder", func(line string) bool {
 				return !slices.ContainsFunc(p.match, func(m string) bool { return !strings.Contains(line, m) })
 			})
@@ -279,6 +289,12 @@ func TestKillAtEveryStep(t *testing.T) {
 				time.Sleep(500 * time.Millisecond)
 			}
 			w.checkDone(target("amd64"))
+			if _, boots := w.serversCreated(); len(boots) != 1 {
+				t.Errorf("boot servers %v, want one", boots)
+			}
+			if p.adopt && !w.logged("adopting the boot server an earlier invocation made") {
+				t.Error("the boot server was not adopted")
+			}
 		})
 	}
 }
@@ -289,7 +305,7 @@ func TestContinuations(t *testing.T) {
 	w := newWorld(t, setup{
 		stack:   stack.Options{ActionDurations: map[string]time.Duration{"create_image": 3 * time.Second}},
 		timeout: 4 * time.Second,
-		env:     map[string]string{"STEP_TIMEOUT": "1s", "INSTALL_TIMEOUT": "3s", "SNAPSHOT_WAIT": "1s"},
+		env:     map[string]string{"STEP_TIMEOUT": "1s", "INSTALL_TIMEOUT": "3s", "SNAPSHOT_WAIT": "1s", "VERIFY_TIMEOUT": "3s"},
 	})
 	w.invokeAsync(`{"version":"v1.13.9","arch":"arm64"}`)
 	w.WaitIdle()
@@ -320,8 +336,11 @@ func TestSimultaneousInvocationsMakeOneServer(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := w.countRequests("POST", "/v1/servers"); n != 1 {
-		t.Errorf("%d server creations, want 1", n)
+	if n := w.countRequests("POST", "/v1/servers"); n != 2 {
+		t.Errorf("%d server creations, want 2: the build server and its boot server", n)
+	}
+	if builds, boots := w.serversCreated(); len(builds) != 1 || len(boots) != 1 {
+		t.Errorf("created build servers %v and boot servers %v, want one each", builds, boots)
 	}
 	if !slices.Contains(states, build.Done) {
 		t.Errorf("states = %v, want one done", states)

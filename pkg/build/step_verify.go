@@ -70,7 +70,9 @@ func (r *run) verify(ctx context.Context, log *slog.Logger) (Step, error) {
 		return "", err
 	}
 	srv, err := r.bootServer(ctx, log, img)
-	if _, temporary := Classify(err); err != nil && !temporary {
+	// A server of the boot server's name that is not ours says nothing
+	// about the snapshot: the build is refused and changes nothing.
+	if _, temporary := Classify(err); err != nil && !temporary && !isForeign(err) {
 		return fail("no-boot-server", err)
 	} else if err != nil {
 		return "", err
