@@ -130,7 +130,7 @@ type CreateServerOpts struct {
 	// Snapshot, when set, is the image instead: the server's disk starts as
 	// the snapshot's.
 	Snapshot int64
-	Labels     map[string]string
+	Labels   map[string]string
 	// SSHKeys go into the server's image. Unused by a build, but a server
 	// created without keys gets a root password that Hetzner mails to the
 	// project owner (hcloud-upload-image passes its key for that reason:
