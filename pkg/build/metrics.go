@@ -73,8 +73,9 @@ func (r *run) stepMetric(step Step, seconds float64) slog.Attr {
 	return r.b.metrics.Attr([]metrics.Dimension{{Name: metrics.Step, Value: string(step)}}, metrics.StepDuration.Of(seconds))
 }
 
-// imageMetric is the size of the compressed image the rescue system
-// downloaded and wrote out, when the factory told it (Content-Length).
+// imageMetric is the size of the image the install fetched, as the factory
+// told it (Content-Length of the preferred, zstd, image); the raw bytes
+// written are not known without more reads on the rescue system.
 func (r *run) imageMetric(img talos.Image) slog.Attr {
 	if img.Size < 0 {
 		return slog.Attr{}
