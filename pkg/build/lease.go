@@ -171,7 +171,8 @@ func leaseUntil(k *hcloud.SSHKey) time.Time {
 // heartbeat renews the lease every ttl/3. When renewals fail until a third
 // of the ttl before the lease expires, or the key is gone, the lease may
 // be another invocation's by now: the run's context is cancelled. Renewals
-// carry the values of values (the build's request counter), not its end.
+// run under values, a context that never ends and carries the build's
+// request counter.
 func (l *lease) heartbeat(values context.Context, ttl time.Duration, now func() time.Time, expiry time.Time) {
 	defer l.stopped.Done()
 	t := time.NewTicker(ttl / 3)
