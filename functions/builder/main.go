@@ -27,6 +27,7 @@ import (
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/build"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/function"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/invoke"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/metrics"
 )
 
 var version = "dev"
@@ -51,6 +52,9 @@ func run(ctx context.Context, logger *slog.Logger) error {
 		}
 		return err
 	}
+	// Metrics are log lines (pkg/metrics): CloudWatch Logs extracts them
+	// from the function's log group, by the function's name.
+	deps.Metrics = metrics.New(os.Getenv("AWS_LAMBDA_FUNCTION_NAME"))
 	deps.Owner = func(ctx context.Context) string {
 		if lc, ok := lambdacontext.FromContext(ctx); ok {
 			return lc.AwsRequestID

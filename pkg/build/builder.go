@@ -10,6 +10,7 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/metrics"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/ssh"
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/talos"
 )
@@ -158,6 +159,7 @@ type Builder struct {
 	resolved atomic.Pointer[[]string]
 
 	announcer Announcer // nil: nothing is announced
+	metrics   *metrics.Emitter
 }
 
 // Deps are the builder's collaborators.
@@ -170,7 +172,10 @@ type Deps struct {
 	// Announcer tells subscribers of published snapshots and failed
 	// builds; nil: nothing is sent.
 	Announcer Announcer
-	Logger    *slog.Logger
+	// Metrics puts CloudWatch metrics on the log lines (pkg/metrics); nil:
+	// none, and no "build run ended" line.
+	Metrics *metrics.Emitter
+	Logger  *slog.Logger
 	// Owner names the invocation in leases (Lambda's request id); default a
 	// random id per call.
 	Owner func(ctx context.Context) string
@@ -187,7 +192,7 @@ func New(d Deps, o Options) *Builder {
 	b := &Builder{
 		cloud: d.Cloud, factory: d.Factory, dial: d.Dial, probe: d.Probe, cont: d.Continuer, opts: o,
 		log: d.Logger, now: time.Now, owner: d.Owner, newKey: ssh.NewKey, pollWait: 250 * time.Millisecond,
-		resolver: d.Schematics, announcer: d.Announcer,
+		resolver: d.Schematics, announcer: d.Announcer, metrics: d.Metrics,
 	}
 	if b.log == nil {
 		b.log = slog.Default()

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/hcloud-k8s/hcloud-k8s/pkg/backoff"
+	"github.com/hcloud-k8s/hcloud-k8s/pkg/cloud"
 )
 
 // The entry points: HandlePayload is the Lambda handler, Handle one
@@ -124,5 +125,8 @@ func (b *Builder) Build(ctx context.Context, t Target, req Request) Result {
 	} else {
 		r.origin = b.owner(ctx)
 	}
-	return r.build(ctx)
+	var requests cloud.RequestCounter
+	res := r.build(cloud.CountRequests(ctx, &requests))
+	r.ended(ctx, requests.Count())
+	return res
 }

@@ -156,7 +156,7 @@ func (r *run) held(ctx context.Context, key *ssh.Key, hk *hcloud.SSHKey, owner s
 	lctx, lost := context.WithCancelCause(ctx)
 	l := &lease{key: key, hkey: hk, owner: owner, cloud: r.b.cloud, log: r.log, lost: lost, stop: make(chan struct{})}
 	l.stopped.Add(1)
-	go l.heartbeat(r.b.opts.LeaseTTL, r.b.now, leaseUntil(hk))
+	go l.heartbeat(context.WithoutCancel(ctx), r.b.opts.LeaseTTL, r.b.now, leaseUntil(hk))
 	r.log.DebugContext(ctx, "lease taken", "owner", owner)
 	return l, lctx
 }
@@ -170,8 +170,10 @@ func leaseUntil(k *hcloud.SSHKey) time.Time {
 
 // heartbeat renews the lease every ttl/3. When renewals fail until a third
 // of the ttl before the lease expires, or the key is gone, the lease may
-// be another invocation's by now: the run's context is cancelled.
-func (l *lease) heartbeat(ttl time.Duration, now func() time.Time, expiry time.Time) {
+// be another invocation's by now: the run's context is cancelled. Renewals
+// run under values, a context that never ends and carries the build's
+// request counter.
+func (l *lease) heartbeat(values context.Context, ttl time.Duration, now func() time.Time, expiry time.Time) {
 	defer l.stopped.Done()
 	t := time.NewTicker(ttl / 3)
 	defer t.Stop()
@@ -185,7 +187,7 @@ func (l *lease) heartbeat(ttl time.Duration, now func() time.Time, expiry time.T
 		case <-t.C:
 			until := now().Add(ttl)
 			labels[label.LeaseUntil] = strconv.FormatInt(until.Unix(), 10)
-			ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
+			ctx, cancel := context.WithTimeout(values, ttl/3)
 			err := l.cloud.SetSSHKeyLabels(ctx, k, maps.Clone(labels))
 			cancel()
 			switch {

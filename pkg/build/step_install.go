@@ -42,7 +42,7 @@ func (r *run) install(ctx context.Context, log *slog.Logger) (Step, error) {
 	if err != nil {
 		return "", deterministic("verify", err)
 	}
-	log.InfoContext(ctx, "image written and verified", "partitions", parts)
+	log.InfoContext(ctx, "image written and verified", "partitions", parts, r.imageMetric(img))
 	if err := b.cloud.PowerOff(ctx, r.srv); err != nil {
 		return "", err
 	}

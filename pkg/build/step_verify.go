@@ -91,8 +91,9 @@ func (r *run) verify(ctx context.Context, log *slog.Logger) (Step, error) {
 		return fail("wrong-version", deterministic("boot-check",
 			fmt.Errorf("snapshot %d of %s booted Talos %s, not %s", img.ID, r.t, version, r.t.Version)))
 	}
+	seconds := b.now().Sub(start).Seconds()
 	log.InfoContext(ctx, "snapshot booted: the Talos API answers", "snapshot_id", img.ID, "version", version,
-		"seconds", b.now().Sub(start).Seconds())
+		"seconds", seconds, r.bootCheckMetric(seconds))
 	return StepCleanup, r.publish(ctx, img)
 }
 

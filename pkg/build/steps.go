@@ -244,7 +244,8 @@ func (r *run) runSteps(ctx context.Context, next Step) Result {
 		if err != nil {
 			return r.abort(ctx, step, err)
 		}
-		log.InfoContext(ctx, "step finished", "seconds", b.now().Sub(start).Seconds(), "next", next)
+		seconds := b.now().Sub(start).Seconds()
+		log.InfoContext(ctx, "step finished", "seconds", seconds, "next", next, r.stepMetric(step, seconds))
 		r.progressed = true
 		step = next
 	}

@@ -36,6 +36,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			req.Body = body
 		}
+		countRequest(req.Context())
 		resp, err := t.next.RoundTrip(req)
 		if err != nil || attempt >= t.maxRetries || (req.Body != nil && req.GetBody == nil) || !retryable(req, resp) {
 			return resp, err
