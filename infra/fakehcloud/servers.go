@@ -162,7 +162,8 @@ func (c *Cloud) resolveImage(ref schema.IDOrName, arch string, disk int) (*Image
 		}
 		if img.DiskSize > float32(disk) {
 			// The wording and status of the real API as quoted by its
-			// users (FACTS.md): a snapshot carries its build server's disk.
+			// users (infra/README.md, Hetzner): a snapshot carries its build
+			// server's disk.
 			e := errInvalidField("image", "image disk is bigger than server type disk")
 			e.status, e.message = http.StatusUnprocessableEntity, "image disk is bigger than server type disk"
 			return nil, e
