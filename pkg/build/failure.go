@@ -414,9 +414,9 @@ func (r *run) heldBack(ctx context.Context) error {
 		}
 		return nil
 	}
-	code := "backed-off"
+	code := codeBackedOff
 	if pol.Parked(rec) {
-		code = "parked"
+		code = codeParked
 	}
 	r.log.WarnContext(ctx, "not building a target that keeps failing", "record", why)
 	return &heldBackError{code: code, why: why}

@@ -38,9 +38,9 @@ func (r *run) outcomeOf() string {
 		return OutcomeExists
 	case Failed:
 		switch r.res.Code {
-		case "backed-off", "parked": // heldBack
+		case codeBackedOff, codeParked:
 			return OutcomeHeld
-		case "foreign", "other-deployment": // the codes refuse is given
+		case codeForeign, codeOtherDeployment:
 			return OutcomeRefused
 		}
 		return OutcomeFailed

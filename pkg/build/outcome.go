@@ -11,6 +11,15 @@ import (
 // The result of a run changes only through these: setServer and
 // setSnapshot as the build finds or makes them, outcome when it stops.
 
+// Codes of builds that end without failing: refused (refuse) or held back
+// by their failure record (heldBack).
+const (
+	codeForeign         = "foreign"
+	codeOtherDeployment = "other-deployment"
+	codeBackedOff       = "backed-off"
+	codeParked          = "parked"
+)
+
 // outcome sets the build's state, the step it stopped at, and why. A build
 // in progress with an error is one that nothing carries on unless the
 // request is run again.

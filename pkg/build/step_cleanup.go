@@ -42,11 +42,7 @@ func (r *run) cleanup(ctx context.Context, log *slog.Logger) (Step, error) {
 		}
 	}
 	if b.opts.VerifyBoot {
-		boot, err := r.lookupBootServer(ctx)
-		if err == nil && boot != nil {
-			err = b.cloud.DeleteServer(ctx, boot)
-		}
-		if err != nil {
+		if err := r.deleteBootServer(ctx, log); err != nil {
 			return "", err
 		}
 	}

@@ -65,7 +65,9 @@ func (r *run) verify(ctx context.Context, log *slog.Logger) (Step, error) {
 	fail := func(why string, err error) (Step, error) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.opts.StepTimeout)
 		defer cancel()
-		r.deleteBootServer(cctx, log)
+		if err := r.deleteBootServer(cctx, log); err != nil {
+			log.WarnContext(ctx, "delete boot server", "error", err)
+		}
 		r.discard(cctx, img, why, log)
 		return "", err
 	}
@@ -108,13 +110,7 @@ func (r *run) bootServer(ctx context.Context, log *slog.Logger, img *hcloud.Imag
 		labels := r.t.targetLabels(r.b.opts.Cluster)
 		labels[label.Role] = label.RoleBootCheck
 		labels[label.Build] = strconv.FormatInt(r.srv.ID, 10)
-		srv, err = r.place(ctx, log, cloud.CreateServerOpts{Name: r.bootName(), Snapshot: img.ID, Labels: labels})
-		if cloud.IsConflict(err) {
-			srv, err = r.lookupBootServer(ctx)
-			if err == nil && srv == nil {
-				err = transient("server-gone", fmt.Errorf("adopt boot server %s: its name was taken, but the server is gone", r.bootName()))
-			}
-		}
+		srv, _, err = r.place(ctx, log, cloud.CreateServerOpts{Name: r.bootName(), Snapshot: img.ID, Labels: labels}, r.lookupBootServer)
 		if err != nil {
 			return nil, err
 		}
@@ -173,19 +169,15 @@ func (r *run) lookupBootServer(ctx context.Context) (*hcloud.Server, error) {
 	return srv, nil
 }
 
-// deleteBootServer deletes the build's boot server, if there is one; a
-// failure is logged: cleanup, or the Poller, deletes it later.
-func (r *run) deleteBootServer(ctx context.Context, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.b.opts.StepTimeout)
-	defer cancel()
+// deleteBootServer deletes the build's boot server, if there is one.
+func (r *run) deleteBootServer(ctx context.Context, log *slog.Logger) error {
 	srv, err := r.lookupBootServer(ctx)
-	if err == nil && srv != nil {
-		err = r.b.cloud.DeleteServer(ctx, srv)
-		if err == nil {
-			log.InfoContext(ctx, "boot server deleted", "server_id", srv.ID)
-		}
+	if err != nil || srv == nil {
+		return err
 	}
-	if err != nil {
-		log.WarnContext(ctx, "delete boot server", "error", err)
+	if err := r.b.cloud.DeleteServer(ctx, srv); err != nil {
+		return err
 	}
+	log.InfoContext(ctx, "boot server deleted", "server_id", srv.ID)
+	return nil
 }

@@ -152,7 +152,7 @@ func (r *run) checked(ctx context.Context, err error) Result {
 	case err == nil:
 		return r.res
 	case isForeign(err):
-		return r.refuse(ctx, StepCheck, "foreign", err)
+		return r.refuse(ctx, StepCheck, codeForeign, err)
 	case r.lease != nil:
 		return r.retryLater(ctx, StepCheck, cmp.Or(context.Cause(ctx), err))
 	case errors.As(err, &held):
@@ -171,7 +171,7 @@ func (r *run) checked(ctx context.Context, err error) Result {
 // go on with.
 func (r *run) takeLease(ctx context.Context, next Step) (context.Context, Result, bool) {
 	if err := r.b.deployment().Check(ctx, r.b.cloud, r.b.now()); IsOtherDeployment(err) {
-		return ctx, r.refuse(ctx, next, "other-deployment", err), false
+		return ctx, r.refuse(ctx, next, codeOtherDeployment, err), false
 	} else if err != nil {
 		return ctx, r.retryLater(ctx, next, err), false
 	}
@@ -185,7 +185,7 @@ func (r *run) takeLease(ctx context.Context, next Step) (context.Context, Result
 		r.log.InfoContext(ctx, "another invocation is building this target")
 		return ctx, r.outcome(InProgress, next, "", nil), false
 	case isForeign(err):
-		return ctx, r.refuse(ctx, next, "foreign", err), false
+		return ctx, r.refuse(ctx, next, codeForeign, err), false
 	case err != nil:
 		return ctx, r.retryLater(ctx, next, err), false
 	}
@@ -239,7 +239,7 @@ func (r *run) runSteps(ctx context.Context, next Step) Result {
 			return r.continueLater(ctx, step)
 		}
 		if isForeign(err) {
-			return r.refuse(ctx, step, "foreign", err)
+			return r.refuse(ctx, step, codeForeign, err)
 		}
 		if err != nil {
 			return r.abort(ctx, step, err)
